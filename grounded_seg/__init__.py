@@ -1,0 +1,40 @@
+"""grounded_seg: segment whatever a text prompt names.
+
+>>> from grounded_seg import segment                  # doctest: +SKIP
+>>> det = segment("cats.jpg", "black cat")            # doctest: +SKIP
+
+A text prompt and an image go through Grounding DINO (boxes), whose boxes prompt SAM (masks);
+the result is a ``supervision.Detections`` in pixels of the original image.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .api import clear_model_cache, segment
+from .devices import resolve_device
+from .errors import InvalidWeightsError, WeightsNotFoundError
+from .images import load_image
+from .predictor import GroundedSAM
+from .prompts import Prompt, normalize_prompt
+from .registry import ModelSpec, list_models
+from .visualize import annotate
+
+try:
+    __version__ = version("grounded-seg")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "GroundedSAM",
+    "InvalidWeightsError",
+    "ModelSpec",
+    "Prompt",
+    "WeightsNotFoundError",
+    "__version__",
+    "annotate",
+    "clear_model_cache",
+    "list_models",
+    "load_image",
+    "normalize_prompt",
+    "resolve_device",
+    "segment",
+]

@@ -1,0 +1,138 @@
+"""Strict loading of transformers models and their processors, with errors that say what to do."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from .errors import InvalidWeightsError, WeightsNotFoundError
+from .registry import ModelSource, weights_dirs
+
+logger = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _location(source: ModelSource) -> tuple[str, dict[str, Any]]:
+    if source.local_dir is not None:
+        return str(source.local_dir), {"local_files_only": True}
+    assert source.spec is not None  # resolve_model gives a folder or a spec
+    kwargs: dict[str, Any] = {"local_files_only": _offline()}
+    if source.spec.revision:
+        kwargs["revision"] = source.spec.revision
+    return source.spec.hub_id, kwargs
+
+
+def how_to_get(source: ModelSource) -> str:
+    """One sentence telling the user how to put the weights where grounded_seg looks."""
+    if source.spec is None:
+        return (
+            "pass a folder holding config.json and model.safetensors (as written by "
+            "save_pretrained), or a registry name from `grounded-seg models`"
+        )
+    target = weights_dirs()[0] / source.spec.name
+    return (
+        f"download them once with `hf download {source.spec.hub_id} --local-dir {target}` "
+        f"(or run online once: they are cached), then run again"
+    )
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in _WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return folder / _WEIGHT_FILES[0]
+
+
+def load_config(source: ModelSource, expected_model_type: str, role: str) -> Any:
+    """The model's config, after checking it is of ``expected_model_type``."""
+    from transformers import AutoConfig
+
+    location, kwargs = _location(source)
+    if source.local_dir is not None and not (source.local_dir / "config.json").is_file():
+        raise InvalidWeightsError(
+            f"{role} {source.label!r}: {source.local_dir} has no config.json; {how_to_get(source)}"
+        )
+    try:
+        config = AutoConfig.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as err:
+        if source.local_dir is not None:
+            raise InvalidWeightsError(
+                f"{role} {source.label!r}: could not read {source.local_dir / 'config.json'}: {err}"
+            ) from err
+        raise WeightsNotFoundError(
+            f"{role} {source.label!r}: weights not found locally (searched "
+            f"{', '.join(str(d / source.label) for d in weights_dirs())} and the Hugging Face "
+            f"cache) and the hub could not provide {location}: {err}. {how_to_get(source)}"
+        ) from err
+    if config.model_type != expected_model_type:
+        raise InvalidWeightsError(
+            f"{role} {source.label!r}: expected a {expected_model_type!r} model, got model_type "
+            f"{config.model_type!r} in {location}"
+        )
+    return config
+
+
+def load_model(
+    source: ModelSource,
+    model_cls: type[ModelT],
+    config: Any,
+    role: str,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> ModelT:
+    """Load weights strictly (every tensor used, none missing); move to device/dtype; eval."""
+    location, kwargs = _location(source)
+    try:
+        model, info = model_cls.from_pretrained(
+            location, config=config, output_loading_info=True, dtype=torch.float32, **kwargs
+        )
+    except Exception as err:  # transformers, safetensors and torch raise many kinds here
+        where = _weights_file(source.local_dir) if source.local_dir else location
+        if source.local_dir is None and isinstance(err, OSError):
+            raise WeightsNotFoundError(
+                f"{role} {source.label!r}: could not get the weights of {location}: {err}. "
+                f"{how_to_get(source)}"
+            ) from err
+        raise InvalidWeightsError(
+            f"{role} {source.label!r}: could not load weights from {where}: "
+            f"{type(err).__name__}: {err}. The file may be truncated or corrupt; "
+            f"{how_to_get(source)}"
+        ) from err
+    problems = {
+        key: sorted(str(k) for k in info.get(key, ()))
+        for key in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    }
+    problems = {key: value for key, value in problems.items() if value}
+    if problems or info.get("error_msgs"):
+        summary = "; ".join(
+            f"{len(v)} {k.replace('_', ' ')} (e.g. {', '.join(v[:3])})" for k, v in problems.items()
+        )
+        raise InvalidWeightsError(
+            f"{role} {source.label!r}: the weights in {location} do not fit the model: {summary} "
+            f"{info.get('error_msgs') or ''}".strip()
+        )
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_component(source: ModelSource, loader: Any, role: str, what: str) -> Any:
+    """Load a tokenizer or image processor with ``loader.from_pretrained``, with a clear error."""
+    location, kwargs = _location(source)
+    try:
+        return loader.from_pretrained(location, **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        raise InvalidWeightsError(
+            f"{role} {source.label!r}: could not load its {what} from {location}: {err}. "
+            f"{how_to_get(source)}"
+        ) from err

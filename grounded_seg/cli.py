@@ -1,0 +1,189 @@
+"""The ``grounded-seg`` command.
+
+    grounded-seg segment IMAGE PROMPT [-o annotated.png] [--json out.json] [--masks-dir DIR]
+                 [--detector NAME|PATH] [--segmenter NAME|PATH] [--device DEV] [--dtype DTYPE]
+                 [--box-threshold 0.35] [--text-threshold 0.25] [--overwrite]
+    grounded-seg models [--role detector|segmenter]
+
+Existing files are never replaced unless ``--overwrite`` is given, and the input image never is.
+Exit status: 0 on success, 2 for a bad argument or input, 1 when a model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import supervision as sv
+
+from .errors import InvalidWeightsError, WeightsNotFoundError
+from .registry import list_models
+
+logger = logging.getLogger("grounded_seg.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grounded-seg", description="Segment whatever a text prompt names."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment what PROMPT names in IMAGE")
+    seg.add_argument("image", help="image file")
+    seg.add_argument("prompt", help='free text ("black cat") or classes ("cat. dog.")')
+    seg.add_argument("-o", "--output", help="write the annotated image here (PNG, JPEG, ...)")
+    seg.add_argument("--json", dest="json_path", help="write the detections here as JSON")
+    seg.add_argument("--masks-dir", help="write one PNG mask per detection into this folder")
+    seg.add_argument("--detector", default="grounding-dino-tiny", help="registry name or folder")
+    seg.add_argument("--segmenter", default="sam-vit-base", help="registry name or folder")
+    seg.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    seg.add_argument("--dtype", default=None, help="float32 (default); float16/bfloat16 on CUDA")
+    seg.add_argument("--box-threshold", type=float, default=0.35)
+    seg.add_argument("--text-threshold", type=float, default=0.25)
+    seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    models = sub.add_parser("models", help="list the registered models")
+    models.add_argument("--role", choices=["detector", "segmenter"], default=None)
+    return parser
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "object"
+
+
+def _mask_paths(masks_dir: Path, detections: sv.Detections) -> list[Path]:
+    names = detections.data.get("class_name", [])
+    return [masks_dir / f"{i:03d}_{_slug(str(names[i]))}.png" for i in range(len(detections))]
+
+
+def _check_outputs(image: Path, outputs: list[Path], overwrite: bool) -> None:
+    for path in outputs:
+        if path.exists() and image.exists() and path.resolve() == image.resolve():
+            raise ValueError(f"refusing to write over the input image {image}")
+        if path.exists() and not overwrite:
+            raise ValueError(f"{path} exists; pass --overwrite to replace it")
+
+
+def detections_to_json(detections: sv.Detections, mask_files: Sequence[Path] = ()) -> list[dict]:
+    """One JSON-ready dict per detection: box (xyxy pixels), scores, class and mask area."""
+    rows = []
+    for i in range(len(detections)):
+        row = {
+            "box_xyxy": [round(float(v), 2) for v in detections.xyxy[i]],
+            "confidence": round(float(detections.confidence[i]), 4),
+            "class_id": int(detections.class_id[i]),
+            "class_name": str(detections.data["class_name"][i]),
+            "phrase": str(detections.data["phrase"][i]),
+            "mask_score": round(float(detections.data["mask_score"][i]), 4),
+            "mask_area": int(detections.mask[i].sum()),
+        }
+        if mask_files:
+            row["mask_file"] = str(mask_files[i])
+        rows.append(row)
+    return rows
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    print(f"{'name':<22} {'role':<10} {'params':>7}  {'hub id':<36} description")
+    for spec in list_models(args.role):
+        print(
+            f"{spec.name:<22} {spec.role:<10} {spec.params:>7}  {spec.hub_id:<36} "
+            f"{spec.description}"
+        )
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .api import segment
+    from .images import load_image
+    from .prompts import normalize_prompt
+    from .visualize import annotate
+
+    image_path = Path(args.image)
+    rgb = load_image(image_path)  # bad images fail here, before any model loads
+    prompt = normalize_prompt(args.prompt)
+    planned = [Path(p) for p in (args.output, args.json_path) if p]
+    _check_outputs(image_path, planned, args.overwrite)
+
+    start = time.perf_counter()
+    detections = segment(
+        rgb,
+        prompt,
+        detector=args.detector,
+        segmenter=args.segmenter,
+        box_threshold=args.box_threshold,
+        text_threshold=args.text_threshold,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    seconds = time.perf_counter() - start
+
+    mask_files: list[Path] = []
+    if args.masks_dir:
+        masks_dir = Path(args.masks_dir)
+        mask_files = _mask_paths(masks_dir, detections)
+        _check_outputs(image_path, mask_files, args.overwrite)
+        masks_dir.mkdir(parents=True, exist_ok=True)
+        for path, mask in zip(mask_files, detections.mask, strict=True):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    if args.output:
+        Image.fromarray(annotate(rgb, detections)).save(args.output)
+    if args.json_path:
+        report = {
+            "image": str(image_path),
+            "height": int(rgb.shape[0]),
+            "width": int(rgb.shape[1]),
+            "prompt": args.prompt,
+            "classes": list(prompt.classes),
+            "detector": str(args.detector),
+            "segmenter": str(args.segmenter),
+            "seconds": round(seconds, 3),
+            "detections": detections_to_json(detections, mask_files),
+        }
+        Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"{len(detections)} detection(s) for {prompt.caption!r} in {seconds:.2f} s")
+    for row in detections_to_json(detections):
+        box = ", ".join(f"{v:.1f}" for v in row["box_xyxy"])
+        print(
+            f"  {row['class_name']:<20} conf {row['confidence']:.3f}  mask {row['mask_score']:.3f}"
+            f"  box [{box}]  area {row['mask_area']}"
+        )
+    for path in [Path(p) for p in (args.output, args.json_path) if p]:
+        print(f"wrote {path}")
+    if mask_files:
+        print(f"wrote {len(mask_files)} mask(s) to {args.masks_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``grounded-seg``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "models":
+            return _cmd_models(args)
+        return _cmd_segment(args)
+    except (WeightsNotFoundError, InvalidWeightsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

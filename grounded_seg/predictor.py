@@ -1,0 +1,173 @@
+"""``GroundedSAM``: one proposer and one segmenter, a per-image cache, prompts answered cheaply."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import supervision as sv
+import torch
+
+from .images import ImageInput, load_image
+from .prompts import Prompt, PromptInput, normalize_prompt
+from .proposers.base import BoxProposer, Proposals
+from .segmenters.base import MaskSegmenter
+
+logger = logging.getLogger(__name__)
+
+ModelRef = str | os.PathLike
+
+
+def check_threshold(name: str, value: Any) -> float:
+    """``value`` as a float in [0, 1]; ``TypeError``/``ValueError`` saying expected vs got."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
+    return value
+
+
+def build_detections(
+    proposals: Proposals,
+    masks: np.ndarray,
+    mask_scores: np.ndarray,
+    classes: Sequence[str],
+    height: int,
+    width: int,
+) -> sv.Detections:
+    """Assemble the result: ``xyxy`` (N, 4) float32 pixels, ``mask`` (N, H, W) bool,
+    ``confidence`` (N,), ``class_id`` (N,), ``data["class_name"]``, ``data["phrase"]``,
+    ``data["mask_score"]``. With no proposals, every field is empty with the right shape."""
+    n = len(proposals)
+    if masks.shape != (n, height, width):
+        raise ValueError(f"masks: expected shape {(n, height, width)}, got {masks.shape}")
+    names = np.array([classes[i] for i in proposals.class_ids.tolist()], dtype=str)
+    return sv.Detections(
+        xyxy=proposals.xyxy.astype(np.float32).reshape(n, 4),
+        mask=masks.astype(bool),
+        confidence=proposals.scores.astype(np.float32),
+        class_id=proposals.class_ids.astype(np.int64),
+        data={
+            "class_name": names.reshape(n),
+            "phrase": np.array(proposals.phrases, dtype=str).reshape(n),
+            "mask_score": np.asarray(mask_scores, dtype=np.float32).reshape(n),
+        },
+    )
+
+
+class GroundedSAM:
+    """Text-prompted segmentation: Grounding DINO boxes prompt SAM masks.
+
+    ``detector`` and ``segmenter`` are registry names (see ``list_models()``), local model folders,
+    or ready-made objects implementing ``BoxProposer`` / ``MaskSegmenter``. Work that depends only
+    on the image (SAM's image embedding, Grounding DINO's image backbone) is done once per
+    ``set_image``; each ``predict`` then pays only for the text and the decoders.
+
+    >>> gs = GroundedSAM(device="cpu")             # doctest: +SKIP
+    >>> gs.set_image("kitchen.jpg")                # doctest: +SKIP
+    >>> cats = gs.predict("black cat")             # doctest: +SKIP
+    >>> pets = gs.predict(["cat", "dog"])          # doctest: +SKIP
+
+    Not safe for concurrent use from several threads; use one instance per thread.
+    """
+
+    def __init__(
+        self,
+        detector: ModelRef | BoxProposer = "grounding-dino-tiny",
+        segmenter: ModelRef | MaskSegmenter = "sam-vit-base",
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
+        from .proposers.grounding_dino import GroundingDinoProposer
+        from .segmenters.sam import SamSegmenter
+
+        if isinstance(detector, (str, os.PathLike)):
+            detector = GroundingDinoProposer.from_pretrained(detector, device=device, dtype=dtype)
+        elif not isinstance(detector, BoxProposer):
+            raise TypeError(
+                f"detector: expected a model name, a path or a BoxProposer, got "
+                f"{type(detector).__name__}"
+            )
+        if isinstance(segmenter, (str, os.PathLike)):
+            segmenter = SamSegmenter.from_pretrained(segmenter, device=device, dtype=dtype)
+        elif not isinstance(segmenter, MaskSegmenter):
+            raise TypeError(
+                f"segmenter: expected a model name, a path or a MaskSegmenter, got "
+                f"{type(segmenter).__name__}"
+            )
+        self.proposer: BoxProposer = detector
+        self.segmenter: MaskSegmenter = segmenter
+        self._image: np.ndarray | None = None
+        self._proposer_state: Any = None
+        self._segmenter_state: Any = None
+
+    def set_image(self, image: ImageInput, image_format: str = "RGB") -> None:
+        """Set the image that following ``predict`` calls answer about.
+
+        ``image`` is a path, a PIL image or a uint8 ``(H, W, 3)`` array in ``image_format`` order
+        (``"RGB"``, or ``"BGR"`` for OpenCV). It is validated and copied; the caller's object is
+        never modified. The per-image model work runs on the first ``predict`` that needs it.
+        """
+        rgb = load_image(image, image_format=image_format)
+        self._image = rgb
+        self._proposer_state = self.proposer.encode_image(rgb)
+        self._segmenter_state = None  # SAM's preprocessing waits until a box needs it
+
+    def reset_image(self) -> None:
+        """Forget the current image and its cached features."""
+        self._image = None
+        self._proposer_state = None
+        self._segmenter_state = None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the current image; ``RuntimeError`` if none is set."""
+        return self._require_image().shape[:2]
+
+    def _require_image(self) -> np.ndarray:
+        if self._image is None:
+            raise RuntimeError(
+                "An image must be set with .set_image(image) before calling .predict(prompt)."
+            )
+        return self._image
+
+    def predict(
+        self,
+        prompt: PromptInput | Prompt,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+    ) -> sv.Detections:
+        """Find and segment what ``prompt`` names in the current image.
+
+        ``prompt``: free text (``"the running girl"``), dot-separated classes (``"cat. dog."``) or
+        a list of classes (``["cat", "potted plant"]``), normalised by ``normalize_prompt``.
+        ``box_threshold``: keep a box when its best token probability exceeds it.
+        ``text_threshold``: a word joins a box's ``phrase`` when its probability exceeds it.
+
+        Returns ``supervision.Detections`` in pixels of the original image: ``xyxy`` (N, 4)
+        float32, clipped; ``mask`` (N, H, W) bool; ``confidence`` (N,) in [0, 1]; ``class_id``
+        (N,) index into the prompt's classes; ``data["class_name"]`` exactly one of those classes;
+        ``data["phrase"]`` the words that grounded the box; ``data["mask_score"]`` SAM's predicted
+        IoU. Nothing found: empty Detections with these shapes, and SAM does not run.
+        """
+        image = self._require_image()
+        normalized = normalize_prompt(prompt)
+        box_threshold = check_threshold("box_threshold", box_threshold)
+        text_threshold = check_threshold("text_threshold", text_threshold)
+        height, width = image.shape[:2]
+        proposals = self.proposer.propose(
+            self._proposer_state, normalized, box_threshold, text_threshold
+        )
+        if len(proposals) == 0:
+            logger.info("no box above %.2f for %r; SAM not run", box_threshold, normalized.caption)
+            masks, mask_scores = np.zeros((0, height, width), bool), np.zeros(0, np.float32)
+        else:
+            if self._segmenter_state is None:
+                self._segmenter_state = self.segmenter.encode_image(image)
+            masks, mask_scores = self.segmenter.segment(self._segmenter_state, proposals.xyxy)
+        return build_detections(proposals, masks, mask_scores, normalized.classes, height, width)

@@ -1,0 +1,57 @@
+"""The box-proposer interface: an image and a prompt in, boxes with classes out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..prompts import Prompt
+
+
+@dataclass
+class Proposals:
+    """Boxes proposed for one image, sorted by descending score.
+
+    ``xyxy`` is ``(N, 4)`` float32 in pixels of the original image, clipped to it; ``scores``
+    ``(N,)`` float32 in [0, 1]; ``class_ids`` ``(N,)`` int64 indices into ``Prompt.classes``;
+    ``phrases`` the ``N`` words of the prompt that grounded each box (never empty).
+    """
+
+    xyxy: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    phrases: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.xyxy)
+        if self.xyxy.shape != (n, 4) or self.scores.shape != (n,) or self.class_ids.shape != (n,):
+            raise ValueError(
+                f"Proposals: expected xyxy (N, 4), scores (N,), class_ids (N,), got "
+                f"{self.xyxy.shape}, {self.scores.shape}, {self.class_ids.shape}"
+            )
+        if len(self.phrases) != n:
+            raise ValueError(f"Proposals: expected {n} phrases, got {len(self.phrases)}")
+
+    @classmethod
+    def empty(cls) -> Proposals:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), [])
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+
+@runtime_checkable
+class BoxProposer(Protocol):
+    """Turns a prompt into boxes. ``encode_image`` holds the per-image work that prompts share."""
+
+    def encode_image(self, image: np.ndarray) -> Any:
+        """Prepare an RGB uint8 ``(H, W, 3)`` image; the returned state is passed to ``propose``."""
+        ...
+
+    def propose(
+        self, state: Any, prompt: Prompt, box_threshold: float, text_threshold: float
+    ) -> Proposals:
+        """Boxes for ``prompt`` on the image behind ``state``."""
+        ...

@@ -1,0 +1,229 @@
+"""Grounding DINO as a box proposer, on ``transformers.GroundingDinoForObjectDetection``.
+
+The lecture's four stages and where they run in the transformers model:
+
+1. backbones: ``model.model.backbone`` (Swin, multi-scale) and ``model.model.text_backbone`` (BERT);
+2. feature enhancer: ``model.model.encoder.layers[i]`` (text self-attention, deformable image
+   self-attention, bidirectional image<->text cross-attention, FFN);
+3. language-guided query selection: top-k encoder tokens by best text-token score
+   (``enc_outputs_class``) become the decoder queries;
+4. cross-modality decoder: ``model.model.decoder.layers[i]`` (self-attention, image and text
+   cross-attention, FFN), boxes refined layer by layer.
+
+The image backbone does not depend on the text, so its output is computed once per image and
+reused by every prompt (and every pass of a long prompt) on that image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._loading import load_component, load_config, load_model
+from ..boxes import class_aware_nms, normalized_cxcywh_to_pixels
+from ..devices import resolve_device, resolve_dtype
+from ..prompts import Prompt, TextPass, class_scores, phrase_for, plan_text_passes
+from ..registry import resolve_model
+from .base import Proposals
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GroundingDinoImageState:
+    """One preprocessed image: model inputs, original size and the cached backbone output."""
+
+    pixel_values: torch.Tensor  # (1, 3, h, w), model dtype, on the model's device
+    pixel_mask: torch.Tensor  # (1, h, w)
+    height: int  # original image size, pixels
+    width: int
+    backbone_cache: dict[str, Any] = field(default_factory=dict)
+
+
+def decode_pass(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    text_pass: TextPass,
+    height: int,
+    width: int,
+    box_threshold: float,
+    text_threshold: float,
+) -> Proposals:
+    """Turn one pass's raw outputs into proposals in pixels of the original image.
+
+    ``logits`` is ``(Q, T)`` (token logits, padding ``-inf``), ``boxes`` ``(Q, 4)`` normalised
+    (cx, cy, w, h). A query is kept when its best token probability (over the whole caption, as
+    the official implementation does) exceeds ``box_threshold``; that probability is its score.
+    Its class is the class whose tokens score highest for it; its phrase the words of that class
+    above ``text_threshold``. Class ids are those of the prompt (``text_pass.class_ids``).
+    """
+    probs = logits.float().sigmoid()
+    scores = probs.max(dim=-1).values
+    keep = scores > box_threshold
+    if not bool(keep.any()):
+        return Proposals.empty()
+    probs, scores = probs[keep], scores[keep]
+    local_class = class_scores(probs, text_pass).argmax(dim=-1)
+    xyxy = normalized_cxcywh_to_pixels(boxes[keep], height, width)
+    order = torch.argsort(scores, descending=True, stable=True)
+    class_map = torch.tensor(text_pass.class_ids, dtype=torch.long)
+    phrases = [
+        phrase_for(probs[i], text_pass, int(local_class[i]), text_threshold) for i in order.tolist()
+    ]
+    return Proposals(
+        xyxy=xyxy[order].cpu().numpy().astype(np.float32),
+        scores=scores[order].cpu().numpy().astype(np.float32),
+        class_ids=class_map[local_class[order].cpu()].numpy().astype(np.int64),
+        phrases=phrases,
+    )
+
+
+def merge_passes(parts: list[Proposals], nms_threshold: float) -> Proposals:
+    """Merge the proposals of several passes: class-aware NMS, then sorted by score."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Proposals.empty()
+    if len(parts) == 1:
+        return parts[0]
+    xyxy = np.concatenate([p.xyxy for p in parts])
+    scores = np.concatenate([p.scores for p in parts])
+    class_ids = np.concatenate([p.class_ids for p in parts])
+    phrases = [phrase for p in parts for phrase in p.phrases]
+    keep = class_aware_nms(
+        torch.from_numpy(xyxy), torch.from_numpy(scores), torch.from_numpy(class_ids), nms_threshold
+    ).numpy()
+    return Proposals(xyxy[keep], scores[keep], class_ids[keep], [phrases[i] for i in keep])
+
+
+@contextlib.contextmanager
+def _reuse_backbone(model: torch.nn.Module, cache: dict[str, Any]) -> Iterator[None]:
+    """Within the block, the image backbone runs once and its output is reused.
+
+    The backbone module keeps its weights and its class; only this instance's ``forward`` is
+    routed through ``cache`` for the duration of the block.
+    """
+    backbone = model.model.backbone
+    original = backbone.forward
+
+    def forward(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> Any:
+        if "output" not in cache:
+            cache["output"] = original(pixel_values, pixel_mask)
+        return cache["output"]
+
+    backbone.forward = forward
+    try:
+        yield
+    finally:
+        del backbone.forward
+
+
+class GroundingDinoProposer:
+    """Boxes from a text prompt with Grounding DINO.
+
+    >>> proposer = GroundingDinoProposer.from_pretrained("grounding-dino-tiny")  # doctest: +SKIP
+    >>> state = proposer.encode_image(rgb)                                        # doctest: +SKIP
+    >>> found = proposer.propose(state, normalize_prompt("cat. dog."))        # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        image_processor: Any,
+        nms_threshold: float = 0.5,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.nms_threshold = nms_threshold
+        self.max_text_len = int(model.config.max_text_len)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = "grounding-dino-tiny",
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> GroundingDinoProposer:
+        """Load a registry name or a local folder (strict weights, clear errors)."""
+        from transformers import AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection
+
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        source = resolve_model(name_or_path, "detector")
+        config = load_config(source, "grounding-dino", "detector")
+        model = load_model(
+            source, GroundingDinoForObjectDetection, config, "detector", torch_device, torch_dtype
+        )
+        tokenizer = load_component(source, AutoTokenizer, "detector", "tokenizer")
+        image_processor = load_component(source, AutoImageProcessor, "detector", "image processor")
+        return cls(model, tokenizer, image_processor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def encode_image(self, image: np.ndarray) -> GroundingDinoImageState:
+        """Resize and normalise an RGB uint8 ``(H, W, 3)`` image (short side 800, long 1333)."""
+        inputs = self.image_processor(images=image, return_tensors="pt")
+        return GroundingDinoImageState(
+            pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
+            pixel_mask=inputs["pixel_mask"].to(self.device),
+            height=int(image.shape[0]),
+            width=int(image.shape[1]),
+        )
+
+    def text_passes(self, prompt: Prompt) -> list[TextPass]:
+        """The passes the prompt needs (one unless it exceeds the text encoder's window)."""
+        return plan_text_passes(prompt, self.tokenizer, self.max_text_len)
+
+    @torch.inference_mode()
+    def forward_pass(
+        self, state: GroundingDinoImageState, text_pass: TextPass
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the model for one pass: ``(Q, T)`` token logits and ``(Q, 4)`` normalised boxes."""
+        input_ids = torch.tensor([text_pass.input_ids], device=self.device)
+        with _reuse_backbone(self.model, state.backbone_cache):
+            outputs = self.model(
+                pixel_values=state.pixel_values,
+                pixel_mask=state.pixel_mask,
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                token_type_ids=torch.zeros_like(input_ids),
+            )
+        return outputs.logits[0], outputs.pred_boxes[0]
+
+    def propose(
+        self,
+        state: GroundingDinoImageState,
+        prompt: Prompt,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+    ) -> Proposals:
+        """Boxes for ``prompt``; several passes for a long prompt, merged with class-aware NMS."""
+        parts = []
+        for text_pass in self.text_passes(prompt):
+            logits, boxes = self.forward_pass(state, text_pass)
+            parts.append(
+                decode_pass(
+                    logits,
+                    boxes,
+                    text_pass,
+                    state.height,
+                    state.width,
+                    box_threshold,
+                    text_threshold,
+                )
+            )
+        return merge_passes(parts, self.nms_threshold)

