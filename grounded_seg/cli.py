@@ -65,11 +65,35 @@ def _mask_paths(masks_dir: Path, detections: sv.Detections) -> list[Path]:
 
 
 def _check_outputs(image: Path, outputs: list[Path], overwrite: bool) -> None:
+    """Refuse outputs that would replace the input, each other, or (without --overwrite) a file."""
+    seen: dict[Path, Path] = {}
     for path in outputs:
-        if path.exists() and image.exists() and path.resolve() == image.resolve():
+        resolved = path.resolve()
+        if image.exists() and resolved == image.resolve():
             raise ValueError(f"refusing to write over the input image {image}")
-        if path.exists() and not overwrite:
+        if resolved in seen:
+            raise ValueError(f"two outputs would be written to the same file: {seen[resolved]}")
+        seen[resolved] = path
+        if path.exists() and (path.is_dir() or not overwrite):
             raise ValueError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _check_writable(args: argparse.Namespace) -> None:
+    """Check the output arguments before any model loads."""
+    from PIL import Image
+
+    if args.output:
+        extension = Path(args.output).suffix.lower()
+        if extension not in Image.registered_extensions():
+            raise ValueError(
+                f"-o {args.output}: expected an image file name (.png, .jpg, ...), got "
+                f"extension {extension or '(none)'!r}"
+            )
+    for name in (args.output, args.json_path):
+        if name and not Path(name).resolve().parent.is_dir():
+            raise ValueError(f"{name}: the folder {Path(name).parent} does not exist")
+    if args.masks_dir and Path(args.masks_dir).exists() and not Path(args.masks_dir).is_dir():
+        raise ValueError(f"--masks-dir {args.masks_dir}: exists and is not a folder")
 
 
 def detections_to_json(detections: sv.Detections, mask_files: Sequence[Path] = ()) -> list[dict]:
@@ -113,6 +137,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     rgb = load_image(image_path)  # bad images fail here, before any model loads
     prompt = normalize_prompt(args.prompt)
     planned = [Path(p) for p in (args.output, args.json_path) if p]
+    _check_writable(args)
     _check_outputs(image_path, planned, args.overwrite)
 
     start = time.perf_counter()
@@ -132,7 +157,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.masks_dir:
         masks_dir = Path(args.masks_dir)
         mask_files = _mask_paths(masks_dir, detections)
-        _check_outputs(image_path, mask_files, args.overwrite)
+        _check_outputs(image_path, planned + mask_files, args.overwrite)
         masks_dir.mkdir(parents=True, exist_ok=True)
         for path, mask in zip(mask_files, detections.mask, strict=True):
             Image.fromarray(mask.astype(np.uint8) * 255).save(path)

@@ -110,6 +110,7 @@ def _reuse_backbone(model: torch.nn.Module, cache: dict[str, Any]) -> Iterator[N
     routed through ``cache`` for the duration of the block.
     """
     backbone = model.model.backbone
+    shadowed = vars(backbone).get("forward")  # an instance-level forward someone else set
     original = backbone.forward
 
     def forward(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> Any:
@@ -121,7 +122,10 @@ def _reuse_backbone(model: torch.nn.Module, cache: dict[str, Any]) -> Iterator[N
     try:
         yield
     finally:
-        del backbone.forward
+        if shadowed is None:
+            del backbone.forward
+        else:
+            backbone.forward = shadowed
 
 
 class GroundingDinoProposer:

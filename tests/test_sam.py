@@ -1,0 +1,127 @@
+"""SAM segmenter: box prompts scaled like SAM's processor, masks back at the original size."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from grounded_seg.segmenters.sam import SamSegmenter, scale_boxes
+
+
+@pytest.mark.parametrize(("height", "width"), [(300, 500), (500, 300), (1024, 1024), (77, 1301)])
+def test_scale_boxes_matches_sam_processor(height, width):
+    from transformers import SamImageProcessorPil, SamProcessor
+
+    processor = SamProcessor(image_processor=SamImageProcessorPil())
+    boxes = [[10.0, 20.0, width - 5.0, height - 7.0], [0.0, 0.0, width / 2, height / 3]]
+    image = np.zeros((height, width, 3), np.uint8)
+    expected = processor(images=image, input_boxes=[boxes], return_tensors="pt")
+    reshaped = tuple(int(v) for v in expected["reshaped_input_sizes"][0])
+    ours = scale_boxes(np.array(boxes), (height, width), reshaped)
+    np.testing.assert_allclose(ours, expected["input_boxes"][0].numpy(), rtol=1e-6, atol=1e-4)
+
+
+class BoxPainter(torch.nn.Module):
+    """A stand-in SamModel: the low-res mask logit is +10 inside the prompted box, -10 outside.
+
+    It works in SAM's frame: boxes arrive in pixels of the 1024-padded input; low-res masks are
+    256 x 256 (1024 / 4), as in the real model. Counts encoder and decoder calls.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.encoder_calls = 0
+        self.decoder_calls = 0
+        self.boxes_seen: list[torch.Tensor] = []
+
+    def get_image_embeddings(self, pixel_values):
+        self.encoder_calls += 1
+        return torch.zeros(1, 4, 64, 64)
+
+    def forward(self, image_embeddings, input_boxes, multimask_output):
+        assert multimask_output is False
+        self.decoder_calls += 1
+        self.boxes_seen.append(input_boxes.clone())
+        n = input_boxes.shape[1]
+        ys = (torch.arange(256) + 0.5) * 4  # low-res pixel centres in the 1024 frame
+        xs = (torch.arange(256) + 0.5) * 4
+        masks = torch.full((1, n, 1, 256, 256), -10.0)
+        for i, (x1, y1, x2, y2) in enumerate(input_boxes[0].tolist()):
+            inside = ((ys >= y1) & (ys < y2))[:, None] & ((xs >= x1) & (xs < x2))[None, :]
+            masks[0, i, 0][inside] = 10.0
+        iou = torch.linspace(0.5, 1.2, n).reshape(1, n, 1)  # 1.2 must come back clipped to 1
+        return SimpleNamespace(pred_masks=masks, iou_scores=iou)
+
+
+@pytest.fixture
+def painter_segmenter():
+    from transformers import SamImageProcessorPil
+
+    return SamSegmenter(BoxPainter(), SamImageProcessorPil())
+
+
+def box_mask(height, width, box):
+    x1, y1, x2, y2 = (max(0, v) for v in box)
+    mask = np.zeros((height, width), bool)
+    mask[int(y1) : int(y2), int(x1) : int(x2)] = True
+    return mask
+
+
+@pytest.mark.parametrize(("height", "width"), [(300, 500), (480, 360), (123, 457)])
+def test_masks_come_back_where_the_boxes_were(painter_segmenter, height, width):
+    boxes = np.array(
+        [
+            [width * 0.2, height * 0.15, width * 0.6, height * 0.65],
+            [0, 0, width / 4, height / 2],
+            [width - 60, height - 40, width, height],
+        ],
+        np.float32,
+    )
+    image = np.zeros((height, width, 3), np.uint8)
+    state = painter_segmenter.encode_image(image)
+    masks, scores = painter_segmenter.segment(state, boxes)
+    assert masks.shape == (3, height, width) and masks.dtype == bool
+    for mask, box in zip(masks, boxes, strict=True):
+        ys, xs = np.nonzero(mask)
+        extent = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        np.testing.assert_allclose(extent, box, atol=2)  # every edge within 2 pixels
+        x1, y1, x2, y2 = (int(v) for v in box)
+        # away from the edges (resampling blurs about one low-res pixel) the answer is exact
+        margin = 6
+        assert mask[y1 + margin : y2 - margin, x1 + margin : x2 - margin].all()
+        outside = ~box_mask(height, width, (x1 - margin, y1 - margin, x2 + margin, y2 + margin))
+        assert not mask[outside].any()
+    np.testing.assert_allclose(scores, [0.5, 0.85, 1.0], rtol=1e-6)
+
+
+def test_one_encoder_call_per_image_and_one_decoder_call_per_prompt(painter_segmenter):
+    model = painter_segmenter.model
+    state = painter_segmenter.encode_image(np.zeros((100, 200, 3), np.uint8))
+    boxes = np.array([[0, 0, 50, 50], [10, 10, 90, 90], [100, 0, 200, 100]], np.float32)
+    painter_segmenter.segment(state, boxes)
+    painter_segmenter.segment(state, boxes[:1])
+    assert model.encoder_calls == 1
+    assert model.decoder_calls == 2
+    assert [b.shape for b in model.boxes_seen] == [(1, 3, 4), (1, 1, 4)]
+
+
+def test_no_boxes_runs_nothing(painter_segmenter):
+    state = painter_segmenter.encode_image(np.zeros((40, 30, 3), np.uint8))
+    masks, scores = painter_segmenter.segment(state, np.zeros((0, 4), np.float32))
+    assert masks.shape == (0, 40, 30) and scores.shape == (0,)
+    assert painter_segmenter.model.encoder_calls == 0 and painter_segmenter.model.decoder_calls == 0
+
+
+def test_tiny_real_sam_contract(tiny_sam_dir, scene):
+    segmenter = SamSegmenter.from_pretrained(tiny_sam_dir, device="cpu")
+    state = segmenter.encode_image(scene)
+    masks, scores = segmenter.segment(state, np.array([[15, 10, 45, 40], [60, 50, 110, 80]]))
+    assert masks.shape == (2, 90, 120) and masks.dtype == bool
+    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+    again, _ = segmenter.segment(state, np.array([[15, 10, 45, 40], [60, 50, 110, 80]]))
+    np.testing.assert_array_equal(masks, again)
+    assert segmenter.encoder_calls == 1
