@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -66,7 +68,8 @@ def tokens(tokenizer, text_pass):
 
 def test_word_pieces_map_to_whole_class(bert_tokenizer):
     (text_pass,) = plan_text_passes(normalize_prompt("pottedplant."), bert_tokenizer, 256)
-    assert tokens(bert_tokenizer, text_pass) == ["[CLS]", "pot", "##ted", "##pl", "##ant", ".", "[SEP]"]
+    expected = ["[CLS]", "pot", "##ted", "##pl", "##ant", ".", "[SEP]"]
+    assert tokens(bert_tokenizer, text_pass) == expected
     assert text_pass.input_ids[0] == 101 and text_pass.input_ids[-1] == 102
     assert text_pass.input_ids[5] == 1012
     assert text_pass.class_token_spans == ((1, 5),)
@@ -149,10 +152,11 @@ def test_long_prompt_is_split_into_whole_class_passes(bert_tokenizer):
     for text_pass in passes:
         assert len(text_pass.input_ids) <= 256
         assert text_pass.caption == build_caption([classes[i] for i in text_pass.class_ids])[0]
-        for name, (start, end) in zip(text_pass.class_names, text_pass.class_token_spans, strict=True):
+        spans = text_pass.class_token_spans
+        for name, (start, end) in zip(text_pass.class_names, spans, strict=True):
             assert bert_tokenizer.decode(list(text_pass.input_ids[start:end])) == name
     # greedy packing is tight: the next class would not have fit in the previous pass
-    for previous, following in zip(passes, passes[1:], strict=False):
+    for previous, following in itertools.pairwise(passes):
         first = classes[following.class_ids[0]]
         extra = len(bert_tokenizer(first, add_special_tokens=False)["input_ids"]) + 1
         assert len(previous.input_ids) + extra > 256

@@ -30,7 +30,7 @@ def write_vocab(path: Path) -> Path:
     )
     vocab[1012], vocab[1029] = ".", "?"
     pieces = list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowercase]
-    pieces += list(string.digits) + [",", "-", "!", "'", "(", ")"]
+    pieces += [*string.digits, ",", "-", "!", "'", "(", ")"]
     for i, token in enumerate(pieces + WORDS):
         vocab[200 + i] = token
     path.write_text("\n".join(vocab) + "\n")
@@ -80,7 +80,7 @@ def tiny_gdino_config(vocab_size: int = 1100, num_queries: int = 20):
 
 
 def save_tiny_gdino(folder: Path, vocab_file: Path, seed: int = 0, num_queries: int = 20) -> Path:
-    """A 0.5M-parameter Grounding DINO with tokenizer and a small image processor (short side 64)."""
+    """A 0.5M-parameter Grounding DINO, its tokenizer and a small image processor (side 64)."""
     from transformers import GroundingDinoForObjectDetection, GroundingDinoImageProcessorPil
 
     torch.manual_seed(seed)
@@ -111,7 +111,11 @@ def tiny_sam_config():
         ),
         prompt_encoder_config=dict(hidden_size=32, image_size=256, patch_size=16),
         mask_decoder_config=dict(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64, iou_head_hidden_dim=32
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_dim=64,
+            iou_head_hidden_dim=32,
         ),
     )
 

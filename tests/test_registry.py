@@ -1,0 +1,95 @@
+"""The registry, the local weights search order, and devices/dtypes."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import grounded_seg
+from grounded_seg import list_models, segment
+from grounded_seg.devices import resolve_device, resolve_dtype
+from grounded_seg.registry import get_model_spec, resolve_model, weights_dirs
+
+
+def test_registry_names_and_roles():
+    names = [spec.name for spec in list_models()]
+    detectors = ["grounding-dino-tiny", "grounding-dino-base"]
+    assert names == [*detectors, "sam-vit-base", "sam-vit-large", "sam-vit-huge"]
+    assert [s.name for s in list_models("detector")] == names[:2]
+    assert get_model_spec("sam-vit-huge").hub_id == "facebook/sam-vit-huge"
+    assert get_model_spec("grounding-dino-tiny").hub_id == "IDEA-Research/grounding-dino-tiny"
+    with pytest.raises(ValueError, match=r"role"):
+        list_models("proposer")
+
+
+def test_weights_folder_is_searched_first(tiny_sam_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("GROUNDED_SEG_WEIGHTS")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("sam-vit-base", "segmenter").local_dir is None
+    shutil.copytree(tiny_sam_dir, tmp_path / "weights" / "sam-vit-base")
+    source = resolve_model("sam-vit-base", "segmenter")
+    assert source.local_dir == tmp_path / "weights" / "sam-vit-base"
+    assert source.hub_id == "facebook/sam-vit-base"
+
+
+def test_environment_folder_comes_before_cwd(tiny_sam_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_sam_dir, tmp_path / "weights" / "sam-vit-base")
+    shutil.copytree(tiny_sam_dir, tmp_path / "elsewhere" / "sam-vit-base")
+    monkeypatch.setenv("GROUNDED_SEG_WEIGHTS", str(tmp_path / "elsewhere"))
+    assert weights_dirs()[:2] == [tmp_path / "elsewhere", tmp_path / "weights"]
+    assert (
+        resolve_model("sam-vit-base", "segmenter").local_dir
+        == tmp_path / "elsewhere" / "sam-vit-base"
+    )
+
+
+def test_registry_names_load_from_weights_folder_end_to_end(
+    tiny_gdino_dir, tiny_sam_dir, tmp_path, monkeypatch, scene
+):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_gdino_dir, tmp_path / "weights" / "grounding-dino-tiny")
+    shutil.copytree(tiny_sam_dir, tmp_path / "weights" / "sam-vit-base")
+    grounded_seg.clear_model_cache()
+    det = segment(scene, "red square", box_threshold=0.0, device="cpu")  # the defaults' names
+    grounded_seg.clear_model_cache()
+    direct = segment(
+        scene, "red square", detector=tiny_gdino_dir, segmenter=tiny_sam_dir, box_threshold=0.0,
+        device="cpu",
+    )  # fmt: skip
+    grounded_seg.clear_model_cache()
+    np.testing.assert_array_equal(det.xyxy, direct.xyxy)
+
+
+def test_a_file_inside_a_model_folder_names_the_folder(tiny_sam_dir):
+    source = resolve_model(tiny_sam_dir / "config.json", "segmenter")
+    assert source.local_dir == tiny_sam_dir and source.spec is None
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device(None) in (torch.device("cpu"), torch.device("mps"))
+        with pytest.raises(ValueError, match=r"cuda.*is_available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match=r"expected 'auto', 'cpu'"):
+        resolve_device("tpu-ish")
+    with pytest.raises(TypeError, match=r"got int"):
+        resolve_device(0)
+
+
+def test_resolve_dtype():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_dtype(None, cpu) == torch.float32
+    assert resolve_dtype("bf16", cuda) == torch.bfloat16
+    assert resolve_dtype("float16", cuda) == torch.float16
+    assert resolve_dtype(torch.float32, cpu) == torch.float32
+    with pytest.raises(ValueError, match=r"opt-in fast path for CUDA"):
+        resolve_dtype("fp16", cpu)
+    with pytest.raises(ValueError, match=r"expected one of"):
+        resolve_dtype("int8", cuda)
+    with pytest.raises(ValueError, match=r"float32, float16 or bfloat16"):
+        resolve_dtype(torch.float64, cuda)
