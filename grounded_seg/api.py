@@ -11,16 +11,23 @@ import torch
 from .images import ImageInput, load_image, validate_image_format
 from .predictor import GroundedSAM, ModelRef, check_threshold
 from .prompts import PromptInput, normalize_prompt
+from .proposers import PROPOSERS
 
 logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
 def _warm_predictor(
-    detector: ModelRef, segmenter: ModelRef, device: str | None, dtype: str | None
+    detector: ModelRef | None,
+    segmenter: ModelRef,
+    device: str | None,
+    dtype: str | None,
+    proposer: str,
 ) -> GroundedSAM:
-    logger.info("loading detector %s and segmenter %s", detector, segmenter)
-    return GroundedSAM(detector=detector, segmenter=segmenter, device=device, dtype=dtype)
+    logger.info("loading %s detector %s and segmenter %s", proposer, detector, segmenter)
+    return GroundedSAM(
+        detector=detector, segmenter=segmenter, device=device, dtype=dtype, proposer=proposer
+    )
 
 
 def clear_model_cache() -> None:
@@ -32,7 +39,8 @@ def segment(
     image: ImageInput,
     prompt: PromptInput,
     *,
-    detector: ModelRef = "grounding-dino-tiny",
+    proposer: str = "grounding_dino",
+    detector: ModelRef | None = None,
     segmenter: ModelRef = "sam-vit-base",
     box_threshold: float = 0.35,
     text_threshold: float = 0.25,
@@ -44,9 +52,11 @@ def segment(
 
     ``image``: a path, a PIL image (any mode; EXIF orientation applied) or a uint8 ``(H, W, 3)``
     array in ``image_format`` order (``"BGR"`` for OpenCV arrays). ``prompt``: free text, dot-
-    separated classes or a list of classes (see ``normalize_prompt``). ``detector`` and
-    ``segmenter`` are registry names or local folders; ``device`` is ``None`` (auto: cuda, mps,
-    cpu) or explicit; ``dtype`` is float32 unless float16/bfloat16 is asked for on CUDA.
+    separated classes or a list of classes (see ``normalize_prompt``). ``proposer`` is the route
+    from words to boxes, ``"grounding_dino"`` or ``"clip"``; ``detector`` names its model
+    (``None``: ``grounding-dino-tiny`` / ``clip-vit-base-patch32``) and ``segmenter`` the SAM, as
+    registry names or local folders; ``device`` is ``None`` (auto: cuda, mps, cpu) or explicit;
+    ``dtype`` is float32 unless float16/bfloat16 is asked for on CUDA.
 
     The image, prompt and thresholds are validated before any model is loaded. The last pair of
     models stays loaded for the next call (``clear_model_cache()`` releases it). The result is
@@ -62,7 +72,9 @@ def segment(
     text_threshold = check_threshold("text_threshold", text_threshold)
     device_key = None if device is None else str(device)
     dtype_key = None if dtype is None else str(dtype).removeprefix("torch.")
-    predictor = _warm_predictor(detector, segmenter, device_key, dtype_key)
+    if proposer not in PROPOSERS:
+        raise ValueError(f"proposer: expected one of {sorted(PROPOSERS)}, got {proposer!r}")
+    predictor = _warm_predictor(detector, segmenter, device_key, dtype_key, proposer)
     predictor.set_image(rgb)
     try:
         return predictor.predict(normalized, box_threshold, text_threshold)

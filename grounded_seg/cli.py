@@ -1,7 +1,8 @@
 """The ``grounded-seg`` command.
 
     grounded-seg segment IMAGE PROMPT [-o annotated.png] [--json out.json] [--masks-dir DIR]
-                 [--detector NAME|PATH] [--segmenter NAME|PATH] [--device DEV] [--dtype DTYPE]
+                 [--proposer grounding_dino|clip] [--detector NAME|PATH] [--segmenter NAME|PATH]
+                 [--device DEV] [--dtype DTYPE]
                  [--box-threshold 0.35] [--text-threshold 0.25] [--overwrite]
     grounded-seg models [--role detector|segmenter]
 
@@ -42,7 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("-o", "--output", help="write the annotated image here (PNG, JPEG, ...)")
     seg.add_argument("--json", dest="json_path", help="write the detections here as JSON")
     seg.add_argument("--masks-dir", help="write one PNG mask per detection into this folder")
-    seg.add_argument("--detector", default="grounding-dino-tiny", help="registry name or folder")
+    seg.add_argument(
+        "--proposer",
+        choices=["grounding_dino", "clip"],
+        default="grounding_dino",
+        help="words -> boxes: Grounding DINO (default) or SAM regions scored by CLIP",
+    )
+    seg.add_argument(
+        "--detector",
+        default=None,
+        help="the proposer's model, registry name or folder (default: grounding-dino-tiny, "
+        "or clip-vit-base-patch32 with --proposer clip)",
+    )
     seg.add_argument("--segmenter", default="sam-vit-base", help="registry name or folder")
     seg.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     seg.add_argument("--dtype", default=None, help="float32 (default); float16/bfloat16 on CUDA")
@@ -131,6 +143,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .api import segment
     from .images import load_image
     from .prompts import normalize_prompt
+    from .proposers import PROPOSERS
     from .visualize import annotate
 
     image_path = Path(args.image)
@@ -144,6 +157,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     detections = segment(
         rgb,
         prompt,
+        proposer=args.proposer,
         detector=args.detector,
         segmenter=args.segmenter,
         box_threshold=args.box_threshold,
@@ -170,7 +184,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             "width": int(rgb.shape[1]),
             "prompt": args.prompt,
             "classes": list(prompt.classes),
-            "detector": str(args.detector),
+            "proposer": args.proposer,
+            "detector": str(args.detector or PROPOSERS[args.proposer]),
             "segmenter": str(args.segmenter),
             "seconds": round(seconds, 3),
             "detections": detections_to_json(detections, mask_files),

@@ -63,8 +63,11 @@ def build_detections(
 class GroundedSAM:
     """Text-prompted segmentation: Grounding DINO boxes prompt SAM masks.
 
-    ``detector`` and ``segmenter`` are registry names (see ``list_models()``), local model folders,
-    or ready-made objects implementing ``BoxProposer`` / ``MaskSegmenter``. Work that depends only
+    ``proposer`` picks the route from words to boxes: ``"grounding_dino"`` (default: grounding)
+    or ``"clip"`` (SAM's candidate regions scored by CLIP). ``detector`` names that route's model
+    (``None``: ``grounding-dino-tiny`` or ``clip-vit-base-patch32``) and ``segmenter`` the SAM;
+    each is a registry name (see ``list_models()``), a local model folder, or a ready-made object
+    implementing ``BoxProposer`` / ``MaskSegmenter``. Work that depends only
     on the image (SAM's image embedding, Grounding DINO's image backbone) is done once per
     ``set_image``; each ``predict`` then pays only for the text and the decoders.
 
@@ -78,27 +81,47 @@ class GroundedSAM:
 
     def __init__(
         self,
-        detector: ModelRef | BoxProposer = "grounding-dino-tiny",
+        detector: ModelRef | BoxProposer | None = None,
         segmenter: ModelRef | MaskSegmenter = "sam-vit-base",
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        *,
+        proposer: str = "grounding_dino",
     ) -> None:
+        from .proposers import PROPOSERS
+        from .proposers.clip import ClipProposer
         from .proposers.grounding_dino import GroundingDinoProposer
         from .segmenters.sam import SamSegmenter
 
-        if isinstance(detector, (str, os.PathLike)):
-            detector = GroundingDinoProposer.from_pretrained(detector, device=device, dtype=dtype)
-        elif not isinstance(detector, BoxProposer):
-            raise TypeError(
-                f"detector: expected a model name, a path or a BoxProposer, got "
-                f"{type(detector).__name__}"
-            )
+        if proposer not in PROPOSERS:
+            raise ValueError(f"proposer: expected one of {sorted(PROPOSERS)}, got {proposer!r}")
         if isinstance(segmenter, (str, os.PathLike)):
             segmenter = SamSegmenter.from_pretrained(segmenter, device=device, dtype=dtype)
         elif not isinstance(segmenter, MaskSegmenter):
             raise TypeError(
                 f"segmenter: expected a model name, a path or a MaskSegmenter, got "
                 f"{type(segmenter).__name__}"
+            )
+        if detector is None:
+            detector = PROPOSERS[proposer]
+        if isinstance(detector, (str, os.PathLike)):
+            if proposer == "clip":
+                if not isinstance(segmenter, SamSegmenter):
+                    raise TypeError(
+                        "the CLIP route makes its candidates with SAM's point grid: expected a "
+                        f"SamSegmenter, got {type(segmenter).__name__}"
+                    )
+                detector = ClipProposer.from_pretrained(
+                    detector, segmenter=segmenter, device=device, dtype=dtype
+                )
+            else:
+                detector = GroundingDinoProposer.from_pretrained(
+                    detector, device=device, dtype=dtype
+                )
+        elif not isinstance(detector, BoxProposer):
+            raise TypeError(
+                f"detector: expected a model name, a path or a BoxProposer, got "
+                f"{type(detector).__name__}"
             )
         self.proposer: BoxProposer = detector
         self.segmenter: MaskSegmenter = segmenter
@@ -116,7 +139,9 @@ class GroundedSAM:
         rgb = load_image(image, image_format=image_format)
         self._image = rgb
         self._proposer_state = self.proposer.encode_image(rgb)
-        self._segmenter_state = None  # SAM's preprocessing waits until a box needs it
+        # shared when the proposer already prepared the image for SAM (the CLIP route);
+        # otherwise SAM's preprocessing waits until a box needs it
+        self._segmenter_state = getattr(self._proposer_state, "segmenter_state", None)
 
     def reset_image(self) -> None:
         """Forget the current image and its cached features."""
@@ -166,6 +191,8 @@ class GroundedSAM:
         if len(proposals) == 0:
             logger.info("no box above %.2f for %r; SAM not run", box_threshold, normalized.caption)
             masks, mask_scores = np.zeros((0, height, width), bool), np.zeros(0, np.float32)
+        elif proposals.masks is not None:  # the proposer's regions are SAM masks already
+            masks, mask_scores = proposals.masks, proposals.mask_scores
         else:
             if self._segmenter_state is None:
                 self._segmenter_state = self.segmenter.encode_image(image)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Family = Literal["grounding_dino", "sam"]
+Family = Literal["grounding_dino", "sam", "clip"]
 Role = Literal["detector", "segmenter"]
 
 WEIGHTS_ENV = "GROUNDED_SEG_WEIGHTS"
@@ -53,6 +53,24 @@ _MODELS: tuple[ModelSpec, ...] = (
         None,
         "233M",
         "Grounding DINO, Swin-B image backbone, BERT-base text",
+    ),
+    ModelSpec(
+        "clip-vit-base-patch32",
+        "detector",
+        "clip",
+        "openai/clip-vit-base-patch32",
+        None,
+        "151M",
+        "CLIP ViT-B/32: scores region crops against the prompt (the CLIP route)",
+    ),
+    ModelSpec(
+        "clip-vit-large-patch14",
+        "detector",
+        "clip",
+        "openai/clip-vit-large-patch14",
+        None,
+        "428M",
+        "CLIP ViT-L/14: scores region crops against the prompt (the CLIP route)",
     ),
     ModelSpec(
         "sam-vit-base",

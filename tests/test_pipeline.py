@@ -161,7 +161,8 @@ def test_segment_end_to_end_on_tiny_models(tiny_gdino_dir, tiny_sam_dir, scene):
     assert info.misses == 1 and info.hits == 1
     np.testing.assert_array_equal(det.xyxy, again.xyxy)
     np.testing.assert_array_equal(det.mask, again.mask)
-    assert _warm_predictor(tiny_gdino_dir, tiny_sam_dir, "cpu", None)._image is None
+    warm = _warm_predictor(tiny_gdino_dir, tiny_sam_dir, "cpu", None, "grounding_dino")
+    assert warm._image is None
     grounded_seg.clear_model_cache()
 
 

@@ -17,8 +17,10 @@ from grounded_seg.registry import get_model_spec, resolve_model, weights_dirs
 def test_registry_names_and_roles():
     names = [spec.name for spec in list_models()]
     detectors = ["grounding-dino-tiny", "grounding-dino-base"]
-    assert names == [*detectors, "sam-vit-base", "sam-vit-large", "sam-vit-huge"]
-    assert [s.name for s in list_models("detector")] == names[:2]
+    clips = ["clip-vit-base-patch32", "clip-vit-large-patch14"]
+    assert names == [*detectors, *clips, "sam-vit-base", "sam-vit-large", "sam-vit-huge"]
+    assert [s.name for s in list_models("detector")] == names[:4]
+    assert {s.family for s in list_models()} == {"grounding_dino", "clip", "sam"}
     assert get_model_spec("sam-vit-huge").hub_id == "facebook/sam-vit-huge"
     assert get_model_spec("grounding-dino-tiny").hub_id == "IDEA-Research/grounding-dino-tiny"
     with pytest.raises(ValueError, match=r"role"):

@@ -17,12 +17,16 @@ class Proposals:
     ``xyxy`` is ``(N, 4)`` float32 in pixels of the original image, clipped to it; ``scores``
     ``(N,)`` float32 in [0, 1]; ``class_ids`` ``(N,)`` int64 indices into ``Prompt.classes``;
     ``phrases`` the ``N`` words of the prompt that grounded each box (never empty).
+    A proposer that already has a mask per box (the CLIP route's SAM candidates) sets ``masks``
+    ``(N, H, W)`` bool and ``mask_scores`` ``(N,)``; the pipeline then does not run SAM again.
     """
 
     xyxy: np.ndarray
     scores: np.ndarray
     class_ids: np.ndarray
     phrases: list[str] = field(default_factory=list)
+    masks: np.ndarray | None = None
+    mask_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.xyxy)
@@ -33,6 +37,13 @@ class Proposals:
             )
         if len(self.phrases) != n:
             raise ValueError(f"Proposals: expected {n} phrases, got {len(self.phrases)}")
+        if (self.masks is None) != (self.mask_scores is None):
+            raise ValueError("Proposals: masks and mask_scores come together or not at all")
+        if self.masks is not None and (len(self.masks) != n or len(self.mask_scores) != n):
+            raise ValueError(
+                f"Proposals: expected {n} masks and mask scores, got {len(self.masks)} and "
+                f"{len(self.mask_scores)}"
+            )
 
     @classmethod
     def empty(cls) -> Proposals:
@@ -47,7 +58,10 @@ class BoxProposer(Protocol):
     """Turns a prompt into boxes. ``encode_image`` holds the per-image work that prompts share."""
 
     def encode_image(self, image: np.ndarray) -> Any:
-        """Prepare an RGB uint8 ``(H, W, 3)`` image; the returned state is passed to ``propose``."""
+        """Prepare an RGB uint8 ``(H, W, 3)`` image; the returned state is passed to ``propose``.
+
+        A proposer that prepared the image for the pipeline's segmenter too exposes that as
+        ``state.segmenter_state``, so the segmenter does not encode the image again."""
         ...
 
     def propose(

@@ -121,11 +121,27 @@ class SamSegmenter:
             input_boxes=input_boxes[None].to(self.device, self.dtype),
             multimask_output=False,
         )
-        masks = self.image_processor.post_process_masks(
-            outputs.pred_masks.float().cpu(),
-            original_sizes=[state.original_size],
-            reshaped_input_sizes=[state.reshaped_size],
-            binarize=True,
-        )[0]  # (N, 1, H, W) bool
+        masks = self.upscale_masks(outputs.pred_masks[0, :, 0], state)
         scores = outputs.iou_scores[0, :, 0].float().clamp(0, 1).cpu().numpy()
-        return masks[:, 0].numpy().astype(bool), scores.astype(np.float32)
+        return masks, scores.astype(np.float32)
+
+    def upscale_masks(
+        self, low_res_logits: torch.Tensor, state: SamImageState, chunk: int = 16
+    ) -> np.ndarray:
+        """Low-res mask logits ``(N, h, w)`` -> bool masks ``(N, H, W)`` at the original size.
+
+        Uses the SAM image processor's own ``post_process_masks`` (upsample to the padded input,
+        crop the padding, resize to the original, threshold at 0), ``chunk`` masks at a time.
+        """
+        height, width = state.original_size
+        out = np.zeros((len(low_res_logits), height, width), bool)
+        for start in range(0, len(low_res_logits), chunk):
+            part = low_res_logits[start : start + chunk].float().cpu()
+            masks = self.image_processor.post_process_masks(
+                part[None, :, None],
+                original_sizes=[state.original_size],
+                reshaped_input_sizes=[state.reshaped_size],
+                binarize=True,
+            )[0]  # (n, 1, H, W)
+            out[start : start + len(part)] = masks[:, 0].numpy().astype(bool)
+        return out

@@ -1,0 +1,247 @@
+"""CLIP as a box proposer: SAM's candidate regions, each crop scored against the prompt by CLIP.
+
+Route A of the lecture: CLIP knows images and words but proposes no boxes, so candidates come
+from SAM's automatic mode (a point grid on the segmenter's own image embedding, deduplicated),
+each candidate is cropped (its box plus a margin; optionally the background outside its mask
+blanked) and all crops are embedded in batched CLIP forwards. A crop's class probabilities are
+
+    softmax_j( exp(t) * cos(crop, text_j) )   over the prompt's classes + neutral background texts
+
+with ``t`` CLIP's learned log temperature (``logit_scale``), the seed lecture's formula. A crop is
+kept when its best text is a class (not a background text) with probability above
+``box_threshold``. Candidates, crop embeddings and the SAM masks depend only on the image, so they
+are computed once per image; each prompt then costs one text forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._loading import load_component, load_config, load_model
+from ..boxes import class_aware_nms
+from ..devices import resolve_device, resolve_dtype
+from ..prompts import Prompt
+from ..registry import resolve_model
+from ..segmenters.sam import SamImageState, SamSegmenter
+from ..segmenters.sam_auto import AutoMaskConfig, MaskCandidates, generate_candidates
+from .base import Proposals
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKGROUND_TEXTS = ("background", "a plain background", "a texture")
+
+
+def _features(output: Any) -> torch.Tensor:
+    """transformers 5 returns an output object (projected features in ``pooler_output``)."""
+    return output if torch.is_tensor(output) else output.pooler_output
+
+
+class ClipScorer:
+    """CLIP's two encoders and temperature: normalised embeddings and scaled similarities."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.max_text_len = int(model.config.text_config.max_position_embeddings)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def logit_scale(self) -> float:
+        """``exp(t)``: the factor that multiplies cosine similarities (CLIP caps it at 100)."""
+        return float(self.model.logit_scale.detach().float().exp().clamp(max=100.0))
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[np.ndarray], batch_size: int = 64) -> torch.Tensor:
+        """L2-normalised embeddings ``(N, D)`` of RGB uint8 crops, ``batch_size`` per forward."""
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            inputs = self.image_processor(
+                images=list(images[start : start + batch_size]), return_tensors="pt"
+            )
+            pixels = inputs["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
+            chunks.append(_features(self.model.get_image_features(pixel_values=pixels)).float())
+        return torch.nn.functional.normalize(torch.cat(chunks), dim=-1).cpu()
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised embeddings ``(T, D)``; a text longer than CLIP's window is refused."""
+        for text in texts:
+            length = len(self.tokenizer(text)["input_ids"])
+            if length > self.max_text_len:
+                raise ValueError(
+                    f"text {text!r} is {length} tokens; CLIP reads at most {self.max_text_len}"
+                )
+        inputs = self.tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
+        features = _features(
+            self.model.get_text_features(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            )
+        )
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+
+
+def crop_regions(
+    image: np.ndarray,
+    boxes_xyxy: np.ndarray,
+    margin: float = 0.1,
+    masks: np.ndarray | None = None,
+    fill: Sequence[int] = (127, 127, 127),
+) -> list[np.ndarray]:
+    """One RGB crop per box: the box grown by ``margin`` of its size on each side, clipped.
+
+    With ``masks`` ``(N, H, W)``, pixels outside each mask are set to ``fill`` first.
+    """
+    height, width = image.shape[:2]
+    crops = []
+    for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes_xyxy, dtype=np.float64)):
+        dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+        left, top = int(max(0, np.floor(x1 - dx))), int(max(0, np.floor(y1 - dy)))
+        right = int(min(width, np.ceil(x2 + dx)))
+        bottom = int(min(height, np.ceil(y2 + dy)))
+        right, bottom = max(right, left + 1), max(bottom, top + 1)
+        crop = image[top:bottom, left:right].copy()
+        if masks is not None:
+            crop[~masks[i, top:bottom, left:right]] = fill
+        crops.append(crop)
+    return crops
+
+
+@dataclass
+class ClipImageState:
+    """One image, its SAM state (shared with the segmenter) and the per-image CLIP work."""
+
+    image: np.ndarray
+    segmenter_state: SamImageState
+    candidates: MaskCandidates | None = None
+    crop_embeddings: torch.Tensor | None = None
+    text_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
+
+
+class ClipProposer:
+    """Boxes for a prompt from SAM candidates scored by CLIP (see the module doc).
+
+    ``segmenter`` is the pipeline's SAM: its image embedding makes the candidates, and its masks
+    are returned with the boxes, so SAM's decoder is not run twice.
+    """
+
+    def __init__(
+        self,
+        scorer: ClipScorer,
+        segmenter: SamSegmenter,
+        auto_config: AutoMaskConfig | None = None,
+        template: str = "a photo of a {}.",
+        background_texts: Sequence[str] = DEFAULT_BACKGROUND_TEXTS,
+        crop_margin: float = 0.1,
+        blank_background: bool = False,
+        nms_threshold: float = 0.5,
+    ) -> None:
+        if "{}" not in template:
+            raise ValueError(f"template: expected a format string with '{{}}', got {template!r}")
+        self.scorer = scorer
+        self.segmenter = segmenter
+        self.auto_config = auto_config or AutoMaskConfig()
+        self.template = template
+        self.background_texts = tuple(background_texts)
+        self.crop_margin = crop_margin
+        self.blank_background = blank_background
+        self.nms_threshold = nms_threshold
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = "clip-vit-base-patch32",
+        segmenter: SamSegmenter | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> ClipProposer:
+        """Load a CLIP registry name or folder (strict); ``segmenter`` defaults to sam-vit-base."""
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        source = resolve_model(name_or_path, "detector")
+        config = load_config(source, "clip", "detector")
+        model = load_model(source, CLIPModel, config, "detector", torch_device, torch_dtype)
+        tokenizer = load_component(source, AutoTokenizer, "detector", "tokenizer")
+        image_processor = load_component(source, AutoImageProcessor, "detector", "image processor")
+        if segmenter is None:
+            segmenter = SamSegmenter.from_pretrained(device=torch_device, dtype=torch_dtype)
+        return cls(ClipScorer(model, tokenizer, image_processor), segmenter, **kwargs)
+
+    def encode_image(self, image: np.ndarray) -> ClipImageState:
+        """Keep the image and prepare SAM's input; candidates are made on the first prompt."""
+        return ClipImageState(image=image, segmenter_state=self.segmenter.encode_image(image))
+
+    def candidates(self, state: ClipImageState) -> MaskCandidates:
+        """SAM's deduplicated candidate regions of the image (computed once per image)."""
+        if state.candidates is None:
+            state.candidates = generate_candidates(
+                self.segmenter, state.segmenter_state, self.auto_config
+            )
+            logger.info("%d candidate regions from SAM's point grid", len(state.candidates))
+        return state.candidates
+
+    def crop_embeddings(self, state: ClipImageState) -> torch.Tensor:
+        """CLIP embeddings ``(N, D)`` of the candidates' crops (computed once per image)."""
+        if state.crop_embeddings is None:
+            found = self.candidates(state)
+            masks = found.masks if self.blank_background else None
+            crops = crop_regions(state.image, found.xyxy, self.crop_margin, masks)
+            state.crop_embeddings = self.scorer.embed_images(crops)
+        return state.crop_embeddings
+
+    def class_probabilities(self, state: ClipImageState, prompt: Prompt) -> torch.Tensor:
+        """``(N, C + B)`` softmax over the prompt's C classes then the B background texts."""
+        texts = tuple(self.template.format(c) for c in prompt.classes) + self.background_texts
+        if texts not in state.text_cache:
+            state.text_cache[texts] = self.scorer.embed_texts(texts)
+        similarity = self.crop_embeddings(state) @ state.text_cache[texts].T
+        return torch.softmax(self.scorer.logit_scale * similarity, dim=-1)
+
+    def propose(
+        self,
+        state: ClipImageState,
+        prompt: Prompt,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+    ) -> Proposals:
+        """Candidates whose best text is one of the prompt's classes with probability above
+        ``box_threshold`` (``text_threshold`` is not used by this route). Masks come along."""
+        found = self.candidates(state)
+        if len(found) == 0:
+            return Proposals.empty()
+        probs = self.class_probabilities(state, prompt)
+        n_classes = len(prompt.classes)
+        best_prob, best = probs.max(dim=-1)
+        keep = (best < n_classes) & (best_prob > box_threshold)
+        if not bool(keep.any()):
+            return Proposals.empty()
+        index = torch.nonzero(keep).flatten()
+        order = class_aware_nms(
+            torch.from_numpy(found.xyxy[index.numpy()]),
+            best_prob[index],
+            best[index],
+            self.nms_threshold,
+        )
+        index = index[order].numpy()
+        class_ids = best[index].numpy().astype(np.int64)
+        return Proposals(
+            xyxy=found.xyxy[index],
+            scores=best_prob[index].numpy().astype(np.float32),
+            class_ids=class_ids,
+            phrases=[prompt.classes[i] for i in class_ids],
+            masks=found.masks[index],
+            mask_scores=found.scores[index],
+        )
