@@ -67,9 +67,12 @@ class GroundedSAM:
     or ``"clip"`` (SAM's candidate regions scored by CLIP). ``detector`` names that route's model
     (``None``: ``grounding-dino-tiny`` or ``clip-vit-base-patch32``) and ``segmenter`` the SAM;
     each is a registry name (see ``list_models()``), a local model folder, or a ready-made object
-    implementing ``BoxProposer`` / ``MaskSegmenter``. Work that depends only
-    on the image (SAM's image embedding, Grounding DINO's image backbone) is done once per
-    ``set_image``; each ``predict`` then pays only for the text and the decoders.
+    implementing ``BoxProposer`` / ``MaskSegmenter``. ``proposer_options`` go to the route's
+    proposer, e.g. ``{"auto_config": AutoMaskConfig(points_per_side=32)}`` for the CLIP route.
+
+    Work that depends only on the image (SAM's image embedding, Grounding DINO's image backbone,
+    the CLIP route's candidates and crop embeddings) is done once per ``set_image``; each
+    ``predict`` then pays only for the text and the decoders.
 
     >>> gs = GroundedSAM(device="cpu")             # doctest: +SKIP
     >>> gs.set_image("kitchen.jpg")                # doctest: +SKIP
@@ -87,6 +90,7 @@ class GroundedSAM:
         dtype: str | torch.dtype | None = None,
         *,
         proposer: str = "grounding_dino",
+        proposer_options: dict[str, Any] | None = None,
     ) -> None:
         from .proposers import PROPOSERS
         from .proposers.clip import ClipProposer
@@ -104,6 +108,9 @@ class GroundedSAM:
             )
         if detector is None:
             detector = PROPOSERS[proposer]
+        options = dict(proposer_options or {})
+        if options and not isinstance(detector, (str, os.PathLike)):
+            raise ValueError("proposer_options apply when the detector is loaded by name or path")
         if isinstance(detector, (str, os.PathLike)):
             if proposer == "clip":
                 if not isinstance(segmenter, SamSegmenter):
@@ -112,11 +119,11 @@ class GroundedSAM:
                         f"SamSegmenter, got {type(segmenter).__name__}"
                     )
                 detector = ClipProposer.from_pretrained(
-                    detector, segmenter=segmenter, device=device, dtype=dtype
+                    detector, segmenter=segmenter, device=device, dtype=dtype, **options
                 )
             else:
                 detector = GroundingDinoProposer.from_pretrained(
-                    detector, device=device, dtype=dtype
+                    detector, device=device, dtype=dtype, **options
                 )
         elif not isinstance(detector, BoxProposer):
             raise TypeError(

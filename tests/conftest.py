@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_clip import save_tiny_clip
 from tiny_models import save_tiny_gdino, save_tiny_sam, write_vocab
 
 # In CI every test must run: a missing optional test input is a failure there, not a skip.
@@ -44,6 +45,11 @@ def tiny_gdino_dir(tmp_path_factory, vocab_file) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sam_dir(tmp_path_factory) -> Path:
     return save_tiny_sam(tmp_path_factory.mktemp("tiny-sam"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="session")

@@ -229,3 +229,51 @@ def test_auto_config_validation():
 def test_unknown_route_is_refused():
     with pytest.raises(ValueError, match=r"proposer: expected one of \['clip', 'grounding_dino'\]"):
         GroundedSAM(detector=None, segmenter="/nonexistent", proposer="owl")
+
+
+OPEN_GRID = AutoMaskConfig(points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=-1.0)
+
+
+def test_clip_route_through_segment_and_grounded_sam(tiny_clip_dir, tiny_sam_dir, scene):
+    import grounded_seg
+
+    grounded_seg.clear_model_cache()
+    # default filters: the random tiny SAM proposes no region, so the answer is empty, not an error
+    det = grounded_seg.segment(
+        scene, "red square", proposer="clip", detector=tiny_clip_dir, segmenter=tiny_sam_dir,
+        device="cpu",
+    )  # fmt: skip
+    grounded_seg.clear_model_cache()
+    assert len(det) == 0 and det.mask.shape == (0, 90, 120)
+    # open filters: candidates exist, and every answer keeps the result contract
+    gs = GroundedSAM(
+        detector=tiny_clip_dir, segmenter=tiny_sam_dir, device="cpu", proposer="clip",
+        proposer_options={"auto_config": OPEN_GRID, "background_texts": ()},
+    )  # fmt: skip
+    assert isinstance(gs.proposer, ClipProposer) and gs.proposer.segmenter is gs.segmenter
+    gs.set_image(scene)
+    det = gs.predict(["red square", "blue car"], box_threshold=0.0)
+    assert len(det) >= 1
+    assert set(det.data["class_name"].tolist()) <= {"red square", "blue car"}
+    assert det.mask.shape == (len(det), 90, 120) and det.mask.dtype == bool
+    assert np.all((det.confidence > 0) & (det.confidence <= 1))
+    assert gs.segmenter.encoder_calls == 1
+
+
+def test_clip_route_through_the_cli(tiny_clip_dir, tiny_sam_dir, scene, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from grounded_seg.cli import main
+
+    image = tmp_path / "scene.png"
+    Image.fromarray(scene).save(image)
+    rc = main([
+        "segment", str(image), "red square", "--proposer", "clip", "--detector", str(tiny_clip_dir),
+        "--segmenter", str(tiny_sam_dir), "--device", "cpu", "--json", str(tmp_path / "out.json"),
+    ])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["proposer"] == "clip" and report["detector"] == str(tiny_clip_dir)
+    assert report["detections"] == []

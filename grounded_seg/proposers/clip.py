@@ -26,6 +26,7 @@ import torch
 
 from .._loading import load_component, load_config, load_model
 from ..boxes import class_aware_nms
+from ..clip import projected_features
 from ..devices import resolve_device, resolve_dtype
 from ..prompts import Prompt
 from ..registry import resolve_model
@@ -36,11 +37,6 @@ from .base import Proposals
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKGROUND_TEXTS = ("background", "a plain background", "a texture")
-
-
-def _features(output: Any) -> torch.Tensor:
-    """transformers 5 returns an output object (projected features in ``pooler_output``)."""
-    return output if torch.is_tensor(output) else output.pooler_output
 
 
 class ClipScorer:
@@ -70,7 +66,9 @@ class ClipScorer:
                 images=list(images[start : start + batch_size]), return_tensors="pt"
             )
             pixels = inputs["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
-            chunks.append(_features(self.model.get_image_features(pixel_values=pixels)).float())
+            chunks.append(
+                projected_features(self.model.get_image_features(pixel_values=pixels)).float()
+            )
         return torch.nn.functional.normalize(torch.cat(chunks), dim=-1).cpu()
 
     @torch.inference_mode()
@@ -83,7 +81,7 @@ class ClipScorer:
                     f"text {text!r} is {length} tokens; CLIP reads at most {self.max_text_len}"
                 )
         inputs = self.tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
-        features = _features(
+        features = projected_features(
             self.model.get_text_features(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
             )

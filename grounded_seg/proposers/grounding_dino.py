@@ -155,6 +155,7 @@ class GroundingDinoProposer:
         name_or_path: str | os.PathLike = "grounding-dino-tiny",
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        nms_threshold: float = 0.5,
     ) -> GroundingDinoProposer:
         """Load a registry name or a local folder (strict weights, clear errors)."""
         from transformers import AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection
@@ -168,7 +169,7 @@ class GroundingDinoProposer:
         )
         tokenizer = load_component(source, AutoTokenizer, "detector", "tokenizer")
         image_processor = load_component(source, AutoImageProcessor, "detector", "image processor")
-        return cls(model, tokenizer, image_processor)
+        return cls(model, tokenizer, image_processor, nms_threshold=nms_threshold)
 
     @property
     def device(self) -> torch.device:
