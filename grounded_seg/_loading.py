@@ -136,3 +136,29 @@ def load_component(source: ModelSource, loader: Any, role: str, what: str) -> An
             f"{role} {source.label!r}: could not load its {what} from {location}: {err}. "
             f"{how_to_get(source)}"
         ) from err
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    role: str,
+    model_type: str,
+    model_cls: type[ModelT],
+    components: dict[str, Any],
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> tuple[ModelT, dict[str, Any]]:
+    """Resolve a name or path, check its ``model_type``, load the model strictly on
+    ``device``/``dtype``, then each component (``{"tokenizer": AutoTokenizer, ...}``)."""
+    from .devices import resolve_device, resolve_dtype
+    from .registry import resolve_model
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    source = resolve_model(name_or_path, role)
+    config = load_config(source, model_type, role)
+    model = load_model(source, model_cls, config, role, torch_device, torch_dtype)
+    loaded = {
+        what: load_component(source, loader, role, what.replace("_", " "))
+        for what, loader in components.items()
+    }
+    return model, loaded

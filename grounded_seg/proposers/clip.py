@@ -24,12 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._loading import load_component, load_config, load_model
+from .._loading import load_pretrained
 from ..boxes import class_aware_nms
 from ..clip import projected_features
-from ..devices import resolve_device, resolve_dtype
 from ..prompts import Prompt
-from ..registry import resolve_model
 from ..segmenters.sam import SamImageState, SamSegmenter
 from ..segmenters.sam_auto import AutoMaskConfig, MaskCandidates, generate_candidates
 from .base import Proposals
@@ -167,15 +165,18 @@ class ClipProposer:
         """Load a CLIP registry name or folder (strict); ``segmenter`` defaults to sam-vit-base."""
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        source = resolve_model(name_or_path, "detector")
-        config = load_config(source, "clip", "detector")
-        model = load_model(source, CLIPModel, config, "detector", torch_device, torch_dtype)
-        tokenizer = load_component(source, AutoTokenizer, "detector", "tokenizer")
-        image_processor = load_component(source, AutoImageProcessor, "detector", "image processor")
+        model, parts = load_pretrained(
+            name_or_path,
+            "detector",
+            "clip",
+            CLIPModel,
+            {"tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor},
+            device,
+            dtype,
+        )
+        tokenizer, image_processor = parts["tokenizer"], parts["image_processor"]
         if segmenter is None:
-            segmenter = SamSegmenter.from_pretrained(device=torch_device, dtype=torch_dtype)
+            segmenter = SamSegmenter.from_pretrained(device=model.device, dtype=model.dtype)
         return cls(ClipScorer(model, tokenizer, image_processor), segmenter, **kwargs)
 
     def encode_image(self, image: np.ndarray) -> ClipImageState:

@@ -26,11 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._loading import load_component, load_config, load_model
+from .._loading import load_pretrained
 from ..boxes import class_aware_nms, normalized_cxcywh_to_pixels
-from ..devices import resolve_device, resolve_dtype
 from ..prompts import Prompt, TextPass, class_scores, phrase_for, plan_text_passes
-from ..registry import resolve_model
 from .base import Proposals
 
 logger = logging.getLogger(__name__)
@@ -160,15 +158,16 @@ class GroundingDinoProposer:
         """Load a registry name or a local folder (strict weights, clear errors)."""
         from transformers import AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection
 
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        source = resolve_model(name_or_path, "detector")
-        config = load_config(source, "grounding-dino", "detector")
-        model = load_model(
-            source, GroundingDinoForObjectDetection, config, "detector", torch_device, torch_dtype
+        model, parts = load_pretrained(
+            name_or_path,
+            "detector",
+            "grounding-dino",
+            GroundingDinoForObjectDetection,
+            {"tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor},
+            device,
+            dtype,
         )
-        tokenizer = load_component(source, AutoTokenizer, "detector", "tokenizer")
-        image_processor = load_component(source, AutoImageProcessor, "detector", "image processor")
+        tokenizer, image_processor = parts["tokenizer"], parts["image_processor"]
         return cls(model, tokenizer, image_processor, nms_threshold=nms_threshold)
 
     @property

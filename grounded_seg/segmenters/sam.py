@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._loading import load_component, load_config, load_model
-from ..devices import resolve_device, resolve_dtype
-from ..registry import resolve_model
+from .._loading import load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +66,16 @@ class SamSegmenter:
         """Load a registry name or a local folder (strict weights, clear errors)."""
         from transformers import AutoImageProcessor, SamModel
 
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        source = resolve_model(name_or_path, "segmenter")
-        config = load_config(source, "sam", "segmenter")
-        model = load_model(source, SamModel, config, "segmenter", torch_device, torch_dtype)
-        image_processor = load_component(source, AutoImageProcessor, "segmenter", "image processor")
+        model, parts = load_pretrained(
+            name_or_path,
+            "segmenter",
+            "sam",
+            SamModel,
+            {"image_processor": AutoImageProcessor},
+            device,
+            dtype,
+        )
+        image_processor = parts["image_processor"]
         return cls(model, image_processor)
 
     @property
