@@ -10,9 +10,23 @@ then loaded by ``GroundedSAM`` from those folders exactly as real checkpoints wo
 * segmenter: ``SamConfig()`` defaults = SAM ViT-B (~94M parameters), ``SamImageProcessorPil()``
   defaults (longest side 1024, padded to 1024 x 1024).
 
-Random weights give meaningless scores, so the box threshold is calibrated per prompt: the
-proposals are computed once at threshold 0 and the threshold is set midway between the N-th and
-(N+1)-th highest score, so that exactly N boxes (``--boxes``, default 3) reach SAM.
+Random weights need two corrections to time what real weights would cost (``config.json`` stays
+the defaults; only weight values change, never shapes or FLOPs):
+
+* ``SamVisionConfig`` initialises with ``initializer_range=1e-10``: the random ViT-B then carries
+  activations so small that float32 subnormals appear in its attention and MLPs, and x86 handles
+  those ~100x slower (the image encoder took ~120 s instead of ~8 s on 2 cores). The image
+  encoder's Linear/Conv weights are re-drawn from N(0, 0.02) (``SamConfig().initializer_range``),
+  the scale of real weights;
+* Grounding DINO's token logits are huge with random weights (std ~13; the best logit of ~220 of
+  the 900 queries rounds to sigmoid = 1.0 in float32, so no threshold can pick a few boxes). The
+  affine parameters of the decoder's final LayerNorm (``model.decoder.layer_norm``, which feeds
+  only the class and box heads, not the decoder recurrence) are scaled by ``DECODER_NORM_SCALE``,
+  giving logits of std ~0.5 and distinct scores.
+
+The box threshold is then calibrated per prompt: the proposals are computed once at threshold 0
+and the threshold is set midway between the N-th and (N+1)-th highest score, so that exactly N
+boxes (``--boxes``, default 3) reach SAM.
 
 What is timed (``time.perf_counter``, one warm-up run first, then ``--repeats`` runs):
 
@@ -25,7 +39,9 @@ What is timed (``time.perf_counter``, one warm-up run first, then ``--repeats`` 
 
 The stages inside a call are timed by wrapping the bound methods of the loaded proposer and
 segmenter instances (``encode_image``, ``propose``, ``image_embeddings``, ``segment``), so the
-breakdown comes from the very calls ``GroundedSAM.predict`` makes, with no second code path.
+breakdown comes from the very calls ``GroundedSAM.predict`` makes, with no second code path. Each
+stage also records the process's CPU time: CPU/wall near the thread count means the stage had
+the cores to itself; much lower means it waited (serial code, or another process on the cores).
 
 Usage (from the repository root)::
 
@@ -54,7 +70,9 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +83,9 @@ GDINO_DIR = "grounding-dino-swin-t-random"
 SAM_DIR = "sam-vit-b-random"
 META_FILE = "models.json"
 IMAGE_HEIGHT, IMAGE_WIDTH = 800, 1200
+DECODER_NORM_SCALE = 0.05  # de-saturates Grounding DINO's random token logits (module doc)
+SAM_VISION_INIT_STD = 0.02  # instead of SamVisionConfig's 1e-10 (subnormals; module doc)
+RECIPE_VERSION = 2  # bump when the way the random models are made changes: they are rebuilt
 
 
 def _set_offline_env(threads: int) -> None:
@@ -137,11 +158,22 @@ def find_vocab(explicit: Path | None) -> Path:
     return path
 
 
+def recipe(seed: int) -> dict[str, Any]:
+    """What the saved models depend on; a folder made with another recipe is rebuilt."""
+    return {
+        "version": RECIPE_VERSION,
+        "seed": seed,
+        "decoder_norm_scale": DECODER_NORM_SCALE,
+        "sam_vision_init_std": SAM_VISION_INIT_STD,
+    }
+
+
 def build_models(out_dir: str, seed: int, vocab: str, threads: int) -> None:
     """Build both random full-size models and save them (runs in a child process)."""
     _set_offline_env(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import torch
+    import transformers
     from transformers import (
         BertTokenizer,
         GroundingDinoConfig,
@@ -161,6 +193,10 @@ def build_models(out_dir: str, seed: int, vocab: str, threads: int) -> None:
     logger.info("building Grounding DINO Swin-T (random weights, seed %d) in %s", seed, folder)
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval()
+    with torch.no_grad():
+        norm = model.model.decoder.layer_norm
+        norm.weight.mul_(DECODER_NORM_SCALE)
+        norm.bias.mul_(DECODER_NORM_SCALE)
     params["detector"] = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder)
     del model
@@ -172,19 +208,21 @@ def build_models(out_dir: str, seed: int, vocab: str, threads: int) -> None:
     logger.info("building SAM ViT-B (random weights, seed %d) in %s", seed, folder)
     torch.manual_seed(seed)
     model = SamModel(SamConfig()).eval()
+    with torch.no_grad():
+        for module in model.vision_encoder.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                module.weight.normal_(0.0, SAM_VISION_INIT_STD)
     params["segmenter"] = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder)
     del model
     SamImageProcessorPil().save_pretrained(folder)
 
-    import transformers
-
-    meta = {"seed": seed, "transformers": transformers.__version__, "params": params}
+    meta = {"recipe": recipe(seed), "transformers": transformers.__version__, "params": params}
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")  # written last: "complete"
 
 
 def ensure_models(out_dir: Path, seed: int, vocab: Path, threads: int) -> tuple[Path, Path]:
-    """The two model folders, built in a child process unless a complete set with this seed exists.
+    """The two model folders, built in a child process unless a complete set of this recipe exists.
 
     Building in a child keeps the random initialisation out of this process's peak RSS.
     """
@@ -195,7 +233,7 @@ def ensure_models(out_dir: Path, seed: int, vocab: Path, threads: int) -> tuple[
         for folder in (gdino, sam)
         for name in ("config.json", "model.safetensors", "preprocessor_config.json")
     )
-    if complete and json.loads(meta_path.read_text()).get("seed") == seed:
+    if complete and json.loads(meta_path.read_text()).get("recipe") == recipe(seed):
         logger.info("reusing the random models in %s", out_dir)
         return gdino, sam
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +254,7 @@ def ensure_models(out_dir: Path, seed: int, vocab: Path, threads: int) -> tuple[
 
 
 def make_image(seed: int, height: int = IMAGE_HEIGHT, width: int = IMAGE_WIDTH) -> Any:
-    """A deterministic RGB uint8 ``(height, width, 3)`` image: coloured shapes on smooth noise."""
+    """A deterministic RGB uint8 ``(height, width, 3)`` image: coloured shapes on a noisy ramp."""
     import cv2
     import numpy as np
 
@@ -237,30 +275,69 @@ def make_image(seed: int, height: int = IMAGE_HEIGHT, width: int = IMAGE_WIDTH) 
 # --------------------------------------------------------------------------- timing
 
 
-class StageTimer:
-    """Accumulates the wall time of wrapped bound methods, keyed by stage name."""
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One timed span: wall seconds and the process's CPU seconds over it."""
+
+    wall: float
+    cpu: float
+
+    def __add__(self, other: Sample) -> Sample:
+        return Sample(self.wall + other.wall, self.cpu + other.cpu)
+
+    def __sub__(self, other: Sample) -> Sample:
+        return Sample(self.wall - other.wall, self.cpu - other.cpu)
+
+
+ZERO = Sample(0.0, 0.0)
+
+
+class Clock:
+    """Wall and CPU time, with the device synchronised at both ends of every span."""
 
     def __init__(self, sync: Callable[[], None]) -> None:
         self.sync = sync
-        self.times: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def span(self, out: list[Sample]) -> Iterator[None]:
+        self.sync()
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        try:
+            yield
+        finally:
+            self.sync()
+            out.append(Sample(time.perf_counter() - wall, cpu_seconds() - cpu))
+
+
+class StageTimer:
+    """Accumulates the time of wrapped bound methods, keyed by stage name."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.stages: dict[str, Sample] = defaultdict(lambda: ZERO)
 
     def wrap(self, obj: Any, method: str, stage: str) -> None:
         original = getattr(obj, method)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            self.sync()
-            start = time.perf_counter()
+            spans: list[Sample] = []
             try:
-                return original(*args, **kwargs)
+                with self.clock.span(spans):
+                    return original(*args, **kwargs)
             finally:
-                self.sync()
-                self.times[stage] += time.perf_counter() - start
+                self.stages[stage] += spans[0]
 
         setattr(obj, method, timed)  # an instance attribute shadows the class's method
 
-    def take(self) -> dict[str, float]:
-        times, self.times = dict(self.times), defaultdict(float)
-        return times
+    def take(self) -> dict[str, Sample]:
+        stages, self.stages = dict(self.stages), defaultdict(lambda: ZERO)
+        return stages
 
 
 def instrument(gs: Any, timer: StageTimer) -> None:
@@ -284,7 +361,7 @@ def calibrate_threshold(gs: Any, image: Any, prompt: str, n_boxes: int) -> tuple
     upper = scores[n_boxes - 1]
     lower = scores[n_boxes] if len(scores) > n_boxes else 0.0
     threshold = (upper + lower) / 2
-    kept = gs.proposer.propose(state, normalized, threshold, 0.25)
+    kept = gs.proposer.propose(state, normalized, threshold, 0.25)  # backbone output is cached
     if not upper > threshold > lower or len(kept) != n_boxes:
         raise SystemExit(
             f"cannot keep exactly {n_boxes} boxes for {prompt!r}: scores {scores[: n_boxes + 2]}"
@@ -292,18 +369,9 @@ def calibrate_threshold(gs: Any, image: Any, prompt: str, n_boxes: int) -> tuple
     return threshold, scores[: n_boxes + 1]
 
 
-def summary(values: list[float]) -> tuple[float, float, float]:
-    return statistics.median(values), min(values), max(values)
-
-
 def peak_rss_mib() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------------- machine
@@ -312,24 +380,24 @@ def cpu_seconds() -> float:
 def machine_line(device: Any) -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+        match = re.search(
+            r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE
+        )
         if match:
             cpu = match.group(1).strip()
     except OSError:
         pass
     try:
-        affinity = len(os.sched_getaffinity(0))
+        usable = len(os.sched_getaffinity(0))
     except AttributeError:
-        affinity = os.cpu_count()
+        usable = os.cpu_count()
     try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        ram_text = f", {ram:.0f} GiB RAM"
+        ram = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
     except (ValueError, OSError, AttributeError):
-        ram_text = ""
+        ram = ""
     line = (
         f"{platform.system()} {platform.machine()}, {cpu}, os.cpu_count()={os.cpu_count()} "
-        f"(usable {affinity}){ram_text}"
+        f"(usable {usable}){ram}"
     )
     if device.type == "cuda":
         import torch
@@ -360,31 +428,35 @@ ROWS = (
     # (key, label, indent)
     ("load", "model load: `GroundedSAM(detector=dir, segmenter=dir)`", 0),
     ("cold_total", "cold call: `set_image` + `predict` (fresh image)", 0),
-    ("cold_gdino_pre", "Grounding DINO preprocessing (`set_image`)", 1),
-    ("cold_gdino_propose", "Grounding DINO propose (Swin-T + BERT + enc/dec)", 1),
+    ("cold_gdino_pre", "Grounding DINO preprocessing (in `set_image`)", 1),
+    ("cold_gdino_propose", "Grounding DINO propose (Swin-T + BERT + encoder/decoder)", 1),
     ("cold_sam_pre", "SAM preprocessing", 1),
     ("cold_sam_embed", "SAM ViT-B image encoder", 1),
-    ("cold_sam_decode", "SAM mask decoder + mask post-processing", 1),
-    ("cold_other", "other (image checks, prompt, decode, Detections)", 1),
+    ("cold_sam_decode", "SAM prompt encoder + mask decoder + mask post-processing", 1),
+    ("cold_other", "other (image checks, prompt, box decoding, Detections)", 1),
     ("warm_total", "second prompt: `predict` only (cached image)", 0),
-    ("warm_gdino_propose", "Grounding DINO propose (backbone cached)", 1),
+    ("warm_gdino_propose", "Grounding DINO propose (image backbone output cached)", 1),
     ("warm_sam_decode", "SAM mask decoder + post-processing (embedding cached)", 1),
     ("warm_other", "other", 1),
 )
 
 
-def markdown_table(results: dict[str, list[float]], boxes: dict[str, int]) -> str:
+def markdown_table(results: dict[str, list[Sample]], boxes: dict[str, int]) -> str:
     lines = [
-        "| stage | median s | min s | max s | boxes |",
-        "|---|---:|---:|---:|---:|",
+        "| stage | median s | min s | max s | CPU/wall | boxes |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for key, label, indent in ROWS:
-        if key not in results:
+        samples = results.get(key)
+        if not samples:
             continue
-        med, lo, hi = summary(results[key])
-        name = ("&nbsp;&nbsp;&nbsp;&nbsp;" * indent + "↳ " + label) if indent else f"**{label}**"
+        walls = [s.wall for s in samples]
+        med, lo, hi = statistics.median(walls), min(walls), max(walls)
+        ratios = [s.cpu / s.wall for s in samples if s.wall > 0.05]  # tiny spans: no ratio
+        ratio = f"{statistics.median(ratios):.2f}" if ratios else ""
+        name = ("&nbsp;&nbsp;&nbsp;&nbsp;↳ " + label) if indent else f"**{label}**"
         count = str(boxes[key]) if key in boxes else ""
-        lines.append(f"| {name} | {med:.3f} | {lo:.3f} | {hi:.3f} | {count} |")
+        lines.append(f"| {name} | {med:.3f} | {lo:.3f} | {hi:.3f} | {ratio} | {count} |")
     return "\n".join(lines)
 
 
@@ -400,9 +472,9 @@ def write_results(path: Path, device_type: str, block: str) -> None:
             "# Benchmarks\n\n"
             "Written by `benchmarks/e2e_cpu.py`: end-to-end timings of `grounded_seg` with "
             "full-size Grounding DINO Swin-T (172M) and SAM ViT-B (94M) of random weights "
-            "(the real architectures; no real weights are downloaded). Each block below is "
-            "replaced when the script runs again on that device type; text outside the blocks "
-            "is kept.\n"
+            "(the real architectures; no real weights are downloaded; see the script's "
+            "docstring for the two weight-scale corrections). Each block below is replaced when "
+            "the script runs again on that device type; text outside the blocks is kept.\n"
         )
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
@@ -432,9 +504,9 @@ def run(args: argparse.Namespace) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    clock = Clock(sync)
     vocab = find_vocab(args.vocab)
-    out_dir = args.out_dir.resolve()
-    gdino_dir, sam_dir = ensure_models(out_dir, args.seed, vocab, args.threads)
+    gdino_dir, sam_dir = ensure_models(args.out_dir.resolve(), args.seed, vocab, args.threads)
 
     image = make_image(args.seed)
     logger.info(
@@ -447,20 +519,21 @@ def run(args: argparse.Namespace) -> int:
         torch.get_num_threads(),
     )
 
+    results: dict[str, list[Sample]] = defaultdict(list)
+
     # (a) model load: one warm-up (fills the page cache), then the timed loads.
-    load_times: list[float] = []
     gs = None
     for i in range(args.repeats + 1):
         gs = None
         gc.collect()
-        sync()
-        start = time.perf_counter()
-        gs = GroundedSAM(detector=gdino_dir, segmenter=sam_dir, device=device, dtype=args.dtype)
-        sync()
-        elapsed = time.perf_counter() - start
-        logger.info("load %s: %.3f s", "warm-up" if i == 0 else f"{i}/{args.repeats}", elapsed)
+        spans: list[Sample] = []
+        with clock.span(spans):
+            gs = GroundedSAM(detector=gdino_dir, segmenter=sam_dir, device=device, dtype=args.dtype)
+        logger.info(
+            "load %s: %.3f s", "warm-up" if i == 0 else f"{i}/{args.repeats}", spans[0].wall
+        )
         if i:
-            load_times.append(elapsed)
+            results["load"].append(spans[0])
     assert gs is not None
     rss_after_load = peak_rss_mib()
     params = {
@@ -485,96 +558,89 @@ def run(args: argparse.Namespace) -> int:
             ", ".join(f"{s:.6f}" for s in top),
         )
 
-    timer = StageTimer(sync)
+    timer = StageTimer(clock)
     instrument(gs, timer)
-    results: dict[str, list[float]] = defaultdict(list)
-    results["load"] = load_times
     boxes: dict[str, int] = {}
-    cpu_start, wall_infer_start = cpu_seconds(), time.perf_counter()
-    for i in range(args.repeats + 1):
-        label = "warm-up" if i == 0 else f"{i}/{args.repeats}"
-        calls_before = gs.segmenter.encoder_calls
+    infer: list[Sample] = []
+    with clock.span(infer):
+        for i in range(args.repeats + 1):
+            calls_before = gs.segmenter.encoder_calls
 
-        # (b) cold: a fresh per-image state (no backbone output, no SAM embedding cached).
-        timer.take()
-        sync()
-        start = time.perf_counter()
-        gs.set_image(image)
-        cold = gs.predict(args.prompt, box_threshold=thresholds[args.prompt])
-        sync()
-        cold_total = time.perf_counter() - start
-        cold_stages = timer.take()
-        if gs.segmenter.encoder_calls != calls_before + 1:
-            raise SystemExit("the cold call did not run the SAM image encoder exactly once")
+            # (b) cold: a fresh per-image state (no backbone output, no SAM embedding cached).
+            timer.take()
+            cold_span: list[Sample] = []
+            with clock.span(cold_span):
+                gs.set_image(image)
+                cold = gs.predict(args.prompt, box_threshold=thresholds[args.prompt])
+            cold_stages = timer.take()
+            if gs.segmenter.encoder_calls != calls_before + 1:
+                raise SystemExit("the cold call did not run the SAM image encoder exactly once")
 
-        # (c) second prompt on the same image: predict only, from the per-image cache.
-        sync()
-        start = time.perf_counter()
-        warm = gs.predict(args.second_prompt, box_threshold=thresholds[args.second_prompt])
-        sync()
-        warm_total = time.perf_counter() - start
-        warm_stages = timer.take()
-        if gs.segmenter.encoder_calls != calls_before + 1:
-            raise SystemExit("the second prompt ran the SAM image encoder again (cache missed)")
-        if len(cold) != args.boxes or len(warm) != args.boxes:
-            raise SystemExit(f"expected {args.boxes} boxes, got {len(cold)} and {len(warm)}")
+            # (c) second prompt on the same image: predict only, from the per-image cache.
+            warm_span: list[Sample] = []
+            with clock.span(warm_span):
+                warm = gs.predict(args.second_prompt, box_threshold=thresholds[args.second_prompt])
+            warm_stages = timer.take()
+            if gs.segmenter.encoder_calls != calls_before + 1:
+                raise SystemExit("the second prompt ran the SAM image encoder again (cache miss)")
+            if len(cold) != args.boxes or len(warm) != args.boxes:
+                raise SystemExit(f"expected {args.boxes} boxes, got {len(cold)} and {len(warm)}")
 
-        logger.info(
-            "run %s: cold %.3f s (%d boxes), second prompt %.3f s (%d boxes)",
-            label,
-            cold_total,
-            len(cold),
-            warm_total,
-            len(warm),
-        )
-        if i == 0:
-            continue
-        boxes["cold_total"], boxes["warm_total"] = len(cold), len(warm)
-        cold_decode = cold_stages["sam_segment"] - cold_stages["sam_embed"]
-        cold_parts = {
-            "cold_gdino_pre": cold_stages["gdino_pre"],
-            "cold_gdino_propose": cold_stages["gdino_propose"],
-            "cold_sam_pre": cold_stages["sam_pre"],
-            "cold_sam_embed": cold_stages["sam_embed"],
-            "cold_sam_decode": cold_decode,
-        }
-        results["cold_total"].append(cold_total)
-        for key, value in cold_parts.items():
-            results[key].append(value)
-        results["cold_other"].append(cold_total - sum(cold_parts.values()))
-        warm_decode = warm_stages["sam_segment"] - warm_stages.get("sam_embed", 0.0)
-        results["warm_total"].append(warm_total)
-        results["warm_gdino_propose"].append(warm_stages["gdino_propose"])
-        results["warm_sam_decode"].append(warm_decode)
-        results["warm_other"].append(
-            warm_total - warm_stages["gdino_propose"] - warm_stages["sam_segment"]
-        )
-    infer_wall = time.perf_counter() - wall_infer_start
-    infer_cores = (cpu_seconds() - cpu_start) / infer_wall
+            logger.info(
+                "run %s: cold %.3f s (%d boxes), second prompt %.3f s (%d boxes)",
+                "warm-up" if i == 0 else f"{i}/{args.repeats}",
+                cold_span[0].wall,
+                len(cold),
+                warm_span[0].wall,
+                len(warm),
+            )
+            if i == 0:
+                continue
+            boxes["cold_total"], boxes["warm_total"] = len(cold), len(warm)
+            cold_parts = {
+                "cold_gdino_pre": cold_stages["gdino_pre"],
+                "cold_gdino_propose": cold_stages["gdino_propose"],
+                "cold_sam_pre": cold_stages["sam_pre"],
+                "cold_sam_embed": cold_stages["sam_embed"],
+                "cold_sam_decode": cold_stages["sam_segment"] - cold_stages["sam_embed"],
+            }
+            results["cold_total"].append(cold_span[0])
+            for key, value in cold_parts.items():
+                results[key].append(value)
+            results["cold_other"].append(cold_span[0] - sum(cold_parts.values(), ZERO))
+            warm_propose, warm_segment = warm_stages["gdino_propose"], warm_stages["sam_segment"]
+            results["warm_total"].append(warm_span[0])
+            results["warm_gdino_propose"].append(warm_propose)
+            results["warm_sam_decode"].append(warm_segment)  # includes the cached-embedding get
+            results["warm_other"].append(warm_span[0] - warm_propose - warm_segment)
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     rss_end = peak_rss_mib()
     total_wall = time.perf_counter() - wall_start
 
     # ---------------------------------------------------------------- report
-    ver = versions()
     table = markdown_table(results, boxes)
     command = "python " + shlex.join(sys.argv)
     notes = [
         f"- machine: {machine_line(device)}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         f"- device: {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}",
         f"- command: `{command}`",
-        f"- models (random weights, seed {args.seed}): Grounding DINO Swin-T + BERT-base "
-        f"{params['detector']:,} parameters; SAM ViT-B {params['segmenter']:,} parameters",
-        f"- input: {image.shape[1]}x{image.shape[0]} (W x H) RGB synthetic image; cold prompt "
+        f"- models (random weights, seed {args.seed}, default configs): Grounding DINO Swin-T + "
+        f"BERT-base, {params['detector']:,} parameters (decoder's final LayerNorm scaled by "
+        f"{DECODER_NORM_SCALE} so the random logits are not saturated); SAM ViT-B, "
+        f"{params['segmenter']:,} parameters (image encoder weights drawn with std "
+        f"{SAM_VISION_INIT_STD}, not the config's 1e-10, which makes float32 subnormals)",
+        f"- input: {image.shape[1]}x{image.shape[0]} (W x H) synthetic RGB image; cold prompt "
         f"`{args.prompt}` (box_threshold {thresholds[args.prompt]:.6f}), second prompt "
-        f"`{args.second_prompt}` (box_threshold {thresholds[args.second_prompt]:.6f}); thresholds "
-        f"calibrated so that exactly {args.boxes} boxes reach SAM",
-        f"- statistics: median, min and max over {args.repeats} timed runs after 1 warm-up",
+        f"`{args.second_prompt}` (box_threshold {thresholds[args.second_prompt]:.6f}); "
+        f"thresholds calibrated so that exactly {args.boxes} boxes reach SAM",
+        f"- statistics: median, min and max of wall time over {args.repeats} timed runs after "
+        f"1 warm-up; CPU/wall = median of (process CPU time / wall time): about "
+        f"{args.threads} when a stage had its {args.threads} threads' cores to itself",
         f"- peak RSS (ru_maxrss): {rss_after_load:,.0f} MiB after the model loads, "
-        f"{rss_end:,.0f} MiB at the end (models built in a child process, not counted)",
-        f"- CPU time / wall time during the inference runs: {infer_cores:.2f} cores busy on "
-        f"average",
+        f"{rss_end:,.0f} MiB at the end (the models are built in a child process, not counted)",
+        f"- all inference runs (warm-up included): {infer[0].wall:.1f} s wall, "
+        f"{infer[0].cpu / infer[0].wall:.2f} CPU/wall",
     ]
     if load_before is not None and load_after is not None:
         notes.append(
