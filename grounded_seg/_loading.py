@@ -28,6 +28,12 @@ def _location(source: ModelSource) -> tuple[str, dict[str, Any]]:
     if source.local_dir is not None:
         return str(source.local_dir), {"local_files_only": True}
     assert source.spec is not None  # resolve_model gives a folder or a spec
+    if source.spec.hub_id is None:
+        raise WeightsNotFoundError(
+            f"{source.spec.role} {source.label!r}: not found in "
+            f"{', '.join(str(d / str(source.spec.bundled)) for d in weights_dirs())}; "
+            f"{how_to_get(source)}"
+        )
     kwargs: dict[str, Any] = {"local_files_only": _offline()}
     if source.spec.revision:
         kwargs["revision"] = source.spec.revision
@@ -40,6 +46,11 @@ def how_to_get(source: ModelSource) -> str:
         return (
             "pass a folder holding config.json and model.safetensors (as written by "
             "save_pretrained), or a registry name from `grounded-seg models`"
+        )
+    if source.spec.hub_id is None:
+        return (
+            f"it ships in a clone of grounded_seg under weights/{source.spec.bundled}; "
+            f"run from a clone, or train it again with `{source.spec.reproduce}`"
         )
     target = weights_dirs()[0] / source.spec.name
     return (

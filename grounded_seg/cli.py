@@ -5,6 +5,8 @@
                  [--device DEV] [--dtype DTYPE]
                  [--box-threshold 0.35] [--text-threshold 0.25] [--overwrite]
     grounded-seg models [--role detector|segmenter]
+    grounded-seg train shapes --model sam|clip [--out DIR] [--steps N] [--seed S] [--threads T]
+    grounded-seg demo ["red circle. blue square."] [--seed S] [-o demo.png]
 
 Existing files are never replaced unless ``--overwrite`` is given, and the input image never is.
 Exit status: 0 on success, 2 for a bad argument or input, 1 when a model cannot be loaded.
@@ -64,7 +66,72 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the registered models")
     models.add_argument("--role", choices=["detector", "segmenter"], default=None)
+
+    demo = sub.add_parser("demo", help="offline: segment a generated scene with bundled models")
+    demo.add_argument("prompt", nargs="?", default="red circle. blue square.")
+    demo.add_argument("--seed", type=int, default=None, help="scene seed (default: held-out)")
+    demo.add_argument("-o", "--output", default="demo.png", help="annotated image to write")
+    demo.add_argument("--device", default=None)
+    demo.add_argument("--box-threshold", type=float, default=0.35)
+    demo.add_argument("--overwrite", action="store_true")
+
+    train = sub.add_parser("train", help="train a model of the shapes world (reproducible)")
+    train.add_argument("world", choices=["shapes"])
+    train.add_argument("--model", choices=["sam", "clip"], required=True)
+    train.add_argument("--out", default=None, help="output folder (default weights/shapes/MODEL)")
+    train.add_argument("--steps", type=int, default=None, help="training steps (model default)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--overwrite", action="store_true", help="replace a finished model")
     return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .api import segment
+    from .prompts import normalize_prompt
+    from .shapes import HELD_OUT_SEEDS, PHRASES, make_scene
+    from .visualize import annotate
+
+    prompt = normalize_prompt(args.prompt)
+    _check_outputs(Path(), [Path(args.output)], args.overwrite)
+    _check_writable(argparse.Namespace(output=args.output, json_path=None, masks_dir=None))
+    seed = HELD_OUT_SEEDS.start if args.seed is None else args.seed
+    shown = [c for c in prompt.classes if c in PHRASES][:4]
+    scene = make_scene(seed, phrases=shown or None)
+    start = time.perf_counter()
+    detections = segment(
+        scene.image, prompt, proposer="clip", detector="shapes-clip", segmenter="shapes-sam",
+        box_threshold=args.box_threshold, device=args.device,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    print(f"scene {seed}: {', '.join(scene.phrases)} (ground truth)")
+    for phrase, box in zip(scene.phrases, scene.boxes, strict=True):
+        print(f"  truth {phrase:<18} box [{', '.join(f'{v:.0f}' for v in box)}]")
+    print(f"{len(detections)} detection(s) for {prompt.caption!r} in {seconds:.2f} s")
+    for row in detections_to_json(detections):
+        box = ", ".join(f"{v:.1f}" for v in row["box_xyxy"])
+        print(f"  found {row['class_name']:<18} box [{box}] conf {row['confidence']:.3f}")
+    Image.fromarray(annotate(scene.image, detections)).save(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"weights/shapes/{args.model}")
+    kwargs = {"seed": args.seed, "threads": args.threads, "overwrite": args.overwrite}
+    if args.steps is not None:
+        kwargs["steps"] = args.steps
+    if args.model == "sam":
+        from .shapes.train_sam import train_shapes_sam as train
+    else:
+        from .shapes.train_clip import train_shapes_clip as train
+    report = train(out, **kwargs)
+    summary = {k: v for k, v in report.items() if k != "curve" and not isinstance(v, list)}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
+    return 0
 
 
 def _slug(text: str) -> str:
@@ -130,10 +197,8 @@ def detections_to_json(detections: sv.Detections, mask_files: Sequence[Path] = (
 def _cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<22} {'role':<10} {'params':>7}  {'hub id':<36} description")
     for spec in list_models(args.role):
-        print(
-            f"{spec.name:<22} {spec.role:<10} {spec.params:>7}  {spec.hub_id:<36} "
-            f"{spec.description}"
-        )
+        where = spec.hub_id or f"weights/{spec.bundled} (bundled)"
+        print(f"{spec.name:<22} {spec.role:<10} {spec.params:>7}  {where:<36} {spec.description}")
     return 0
 
 
@@ -216,7 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _cmd_models(args)
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "demo":
+            return _cmd_demo(args)
         return _cmd_segment(args)
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (WeightsNotFoundError, InvalidWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -7,6 +7,9 @@ For a registry name the folders below are searched first, then the Hugging Face 
 1. ``$GROUNDED_SEG_WEIGHTS/<name>`` when that environment variable is set;
 2. ``./weights/<name>`` in the current directory;
 3. ``<source checkout>/weights/<name>`` when grounded_seg runs from a clone of its repository.
+
+Models the project trains itself (``shapes-*``) have no hub id: they ship in the checkout's
+``weights/shapes/`` and are looked up there (``<dir>/shapes/<model>``) the same way.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ class ModelSpec:
     name: str
     role: Role
     family: Family
-    hub_id: str
+    hub_id: str | None
     revision: str | None
     params: str
     description: str
+    bundled: str | None = None  # folder under weights/ for models the project trains and ships
+    reproduce: str | None = None  # the command that trains a bundled model again
 
 
 _MODELS: tuple[ModelSpec, ...] = (
@@ -71,6 +76,28 @@ _MODELS: tuple[ModelSpec, ...] = (
         None,
         "428M",
         "CLIP ViT-L/14: scores region crops against the prompt (the CLIP route)",
+    ),
+    ModelSpec(
+        "shapes-clip",
+        "detector",
+        "clip",
+        None,
+        None,
+        "small",
+        "tiny CLIP trained by grounded_seg on the shapes world (bundled, offline)",
+        bundled="shapes/clip",
+        reproduce="python -m grounded_seg.shapes.train_clip weights/shapes/clip",
+    ),
+    ModelSpec(
+        "shapes-sam",
+        "segmenter",
+        "sam",
+        None,
+        None,
+        "0.4M",
+        "tiny SAM trained by grounded_seg on the shapes world (bundled, offline)",
+        bundled="shapes/sam",
+        reproduce="python -m grounded_seg.shapes.train_sam weights/shapes/sam",
     ),
     ModelSpec(
         "sam-vit-base",
@@ -175,7 +202,7 @@ def resolve_model(name_or_path: str | os.PathLike, role: Role) -> ModelSource:
         valid = ", ".join(s.name for s in list_models(role))
         raise ValueError(f"{role}: {text!r} is a {spec.role}, expected one of: {valid}")
     for directory in weights_dirs():
-        candidate = directory / spec.name
+        candidate = directory / (spec.bundled or spec.name)
         if (candidate / "config.json").is_file():
             return ModelSource(text, candidate, spec)
     return ModelSource(text, None, spec)

@@ -18,8 +18,11 @@ def test_registry_names_and_roles():
     names = [spec.name for spec in list_models()]
     detectors = ["grounding-dino-tiny", "grounding-dino-base"]
     clips = ["clip-vit-base-patch32", "clip-vit-large-patch14"]
-    assert names == [*detectors, *clips, "sam-vit-base", "sam-vit-large", "sam-vit-huge"]
-    assert [s.name for s in list_models("detector")] == names[:4]
+    bundled = ["shapes-clip", "shapes-sam"]
+    sams = ["sam-vit-base", "sam-vit-large", "sam-vit-huge"]
+    assert names == [*detectors, *clips, *bundled, *sams]
+    assert [s.name for s in list_models("detector")] == [*detectors, *clips, "shapes-clip"]
+    assert [s.name for s in list_models() if s.hub_id is None] == bundled
     assert {s.family for s in list_models()} == {"grounding_dino", "clip", "sam"}
     assert get_model_spec("sam-vit-huge").hub_id == "facebook/sam-vit-huge"
     assert get_model_spec("grounding-dino-tiny").hub_id == "IDEA-Research/grounding-dino-tiny"
@@ -95,3 +98,14 @@ def test_resolve_dtype():
         resolve_dtype("int8", cuda)
     with pytest.raises(ValueError, match=r"float32, float16 or bfloat16"):
         resolve_dtype(torch.float64, cuda)
+
+
+def test_bundled_model_missing_says_how_to_reproduce(tmp_path, monkeypatch):
+    from grounded_seg import WeightsNotFoundError
+    from grounded_seg.segmenters.sam import SamSegmenter
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("grounded_seg.registry.weights_dirs", lambda: [tmp_path / "weights"])
+    monkeypatch.setattr("grounded_seg._loading.weights_dirs", lambda: [tmp_path / "weights"])
+    with pytest.raises(WeightsNotFoundError, match=r"train_sam weights/shapes/sam"):
+        SamSegmenter.from_pretrained("shapes-sam", device="cpu")

@@ -93,3 +93,13 @@ def test_export_coco(tmp_path):
 def test_bad_seed(seed):
     with pytest.raises(ValueError, match="seed: expected an int >= 0"):
         make_scene(seed)
+
+
+def test_scene_with_given_phrases():
+    scene = make_scene(21, phrases=["red circle", "blue square", "red circle"])
+    assert scene.phrases == ["red circle", "blue square", "red circle"]
+    assert make_scene(21, phrases=["purple star"]).phrases == ["purple star"]
+    with pytest.raises(ValueError, match="phrases: expected 1 to 4 of the world's phrases"):
+        make_scene(0, phrases=["pink circle"])
+    with pytest.raises(ValueError, match="phrases"):
+        make_scene(0, phrases=[])

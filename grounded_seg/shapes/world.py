@@ -12,7 +12,7 @@ is the exact set of that shape's pixels. Everything is a pure function of the se
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -108,12 +108,24 @@ def _tight_box(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
-def make_scene(seed: int, size: int = 128, max_objects: int = 4) -> Scene:
-    """The scene of ``seed``: deterministic, ``size x size`` pixels, 1 to ``max_objects`` shapes."""
+def make_scene(
+    seed: int, size: int = 128, max_objects: int = 4, phrases: Sequence[str] | None = None
+) -> Scene:
+    """The scene of ``seed``: deterministic, ``size x size`` pixels, 1 to ``max_objects`` shapes.
+
+    With ``phrases`` (1 to 4 of :data:`PHRASES`), the scene holds exactly those shapes, in order.
+    """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
     if size < 32:
         raise ValueError(f"size: expected at least 32 pixels, got {size}")
+    if phrases is not None:
+        unknown = [p for p in phrases if p not in PHRASES]
+        if unknown or not 1 <= len(phrases) <= 4:
+            raise ValueError(
+                f"phrases: expected 1 to 4 of the world's phrases ({', '.join(PHRASES[:3])}, ...), "
+                f"got {list(phrases)}"
+            )
     rng = np.random.default_rng(int(seed))
     base = rng.uniform(100, 160)
     ramp = np.linspace(-1, 1, size)[None, :] * rng.uniform(-12, 12)
@@ -121,12 +133,15 @@ def make_scene(seed: int, size: int = 128, max_objects: int = 4) -> Scene:
     image = np.repeat(background[:, :, None], 3, axis=2)
     occupied = np.zeros((size, size), bool)
     objects: list[ShapeObject] = []
-    wanted = int(rng.integers(1, max_objects + 1))
-    for _ in range(wanted * 20):  # rejection sampling: shapes (and a 2-px margin) never overlap
+    wanted = int(rng.integers(1, max_objects + 1)) if phrases is None else len(phrases)
+    tries = wanted * (20 if phrases is None else 50)
+    for _ in range(tries):  # rejection sampling: shapes (and a 2-px margin) never overlap
         if len(objects) == wanted:
             break
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         color = list(COLORS)[int(rng.integers(len(COLORS)))]
+        if phrases is not None:
+            color, shape = phrases[len(objects)].split()
         radius = rng.uniform(0.07, 0.2) * size
         cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
         mask = render_shape(shape, cx, cy, radius, rng.uniform(0, 2 * np.pi), size)
