@@ -7,6 +7,8 @@
     grounded-seg models [--role detector|segmenter]
     grounded-seg train shapes --model sam|clip [--out DIR] [--steps N] [--seed S] [--threads T]
     grounded-seg demo ["red circle. blue square."] [--seed S] [-o demo.png]
+    grounded-seg eval ANNOTATIONS [--images DIR] [--proposer ...] [--detector ...] [--segmenter ...]
+                 [--device DEV] [--box-threshold 0.0] [--json out.json] [--max-images N]
 
 Existing files are never replaced unless ``--overwrite`` is given, and the input image never is.
 Exit status: 0 on success, 2 for a bad argument or input, 1 when a model cannot be loaded.
@@ -75,6 +77,22 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--box-threshold", type=float, default=0.35)
     demo.add_argument("--overwrite", action="store_true")
 
+    ev = sub.add_parser("eval", help="score boxes and masks on a COCO data set (AP, AP50, AP75)")
+    ev.add_argument("annotations", help="COCO annotation file (JSON)")
+    ev.add_argument("--images", default=None, help="image folder (default: images/ beside it)")
+    ev.add_argument("--proposer", choices=["grounding_dino", "clip"], default="grounding_dino")
+    ev.add_argument("--detector", default=None, help="the proposer's model, name or folder")
+    ev.add_argument("--segmenter", default="sam-vit-base", help="registry name or folder")
+    ev.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    ev.add_argument("--dtype", default=None, help="float32 (default); float16/bfloat16 on CUDA")
+    ev.add_argument(
+        "--box-threshold", type=float, default=0.0, help="0 (default) keeps every box, as AP wants"
+    )
+    ev.add_argument("--text-threshold", type=float, default=0.25)
+    ev.add_argument("--max-images", type=int, default=None, help="only the first N images")
+    ev.add_argument("--json", dest="json_path", help="write the report here as JSON")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+
     train = sub.add_parser("train", help="train a model of the shapes world (reproducible)")
     train.add_argument("world", choices=["shapes"])
     train.add_argument("--model", choices=["sam", "clip"], required=True)
@@ -115,6 +133,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"  found {row['class_name']:<18} box [{box}] conf {row['confidence']:.3f}")
     Image.fromarray(annotate(scene.image, detections)).save(args.output)
     print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_coco, load_coco_dataset
+    from .predictor import GroundedSAM, check_threshold
+
+    check_threshold("--box-threshold", args.box_threshold)
+    check_threshold("--text-threshold", args.text_threshold)
+    if args.json_path:
+        _check_outputs(Path(args.annotations), [Path(args.json_path)], args.overwrite)
+        _check_writable(argparse.Namespace(output=None, json_path=args.json_path, masks_dir=None))
+    try:  # the data set is checked before any model loads
+        dataset = load_coco_dataset(args.annotations, args.images, max_images=args.max_images)
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    predictor = GroundedSAM(
+        detector=args.detector,
+        segmenter=args.segmenter,
+        device=args.device,
+        dtype=args.dtype,
+        proposer=args.proposer,
+    )
+    report = evaluate_coco(
+        predictor,
+        dataset,
+        box_threshold=args.box_threshold,
+        text_threshold=args.text_threshold,
+        progress=args.verbose,
+    )
+    print(report.format_table())
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json_path}")
     return 0
 
 
@@ -285,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_train(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
         return _cmd_segment(args)
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)

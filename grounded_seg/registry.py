@@ -86,7 +86,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         "small",
         "tiny CLIP trained by grounded_seg on the shapes world (bundled, offline)",
         bundled="shapes/clip",
-        reproduce="python -m grounded_seg.shapes.train_clip weights/shapes/clip",
+        reproduce="grounded-seg train shapes --model clip",
     ),
     ModelSpec(
         "shapes-sam",
@@ -97,7 +97,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         "0.4M",
         "tiny SAM trained by grounded_seg on the shapes world (bundled, offline)",
         bundled="shapes/sam",
-        reproduce="python -m grounded_seg.shapes.train_sam weights/shapes/sam",
+        reproduce="grounded-seg train shapes --model sam",
     ),
     ModelSpec(
         "sam-vit-base",

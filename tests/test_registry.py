@@ -107,5 +107,5 @@ def test_bundled_model_missing_says_how_to_reproduce(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("grounded_seg.registry.weights_dirs", lambda: [tmp_path / "weights"])
     monkeypatch.setattr("grounded_seg._loading.weights_dirs", lambda: [tmp_path / "weights"])
-    with pytest.raises(WeightsNotFoundError, match=r"train_sam weights/shapes/sam"):
+    with pytest.raises(WeightsNotFoundError, match=r"grounded-seg train shapes --model sam"):
         SamSegmenter.from_pretrained("shapes-sam", device="cpu")
