@@ -28,7 +28,7 @@ from .._loading import load_pretrained
 from ..boxes import class_aware_nms
 from ..clip import projected_features
 from ..prompts import Prompt
-from ..segmenters.sam import SamImageState, SamSegmenter
+from ..segmenters.sam import SamImageState, SamSegmenter, read_model_settings
 from ..segmenters.sam_auto import AutoMaskConfig, MaskCandidates, generate_candidates
 from .base import Proposals
 
@@ -138,6 +138,7 @@ class ClipProposer:
         auto_config: AutoMaskConfig | None = None,
         template: str = "a photo of a {}.",
         background_texts: Sequence[str] = DEFAULT_BACKGROUND_TEXTS,
+        distractors: Sequence[str] = (),
         crop_margin: float = 0.1,
         blank_background: bool = False,
         nms_threshold: float = 0.5,
@@ -146,9 +147,12 @@ class ClipProposer:
             raise ValueError(f"template: expected a format string with '{{}}', got {template!r}")
         self.scorer = scorer
         self.segmenter = segmenter
-        self.auto_config = auto_config or AutoMaskConfig()
+        if auto_config is None:  # the segmenter's calibrated filters, else SAM's defaults
+            auto_config = AutoMaskConfig(**getattr(segmenter, "auto_mask", None) or {})
+        self.auto_config = auto_config
         self.template = template
         self.background_texts = tuple(background_texts)
+        self.distractors = tuple(distractors)
         self.crop_margin = crop_margin
         self.blank_background = blank_background
         self.nms_threshold = nms_threshold
@@ -162,7 +166,10 @@ class ClipProposer:
         dtype: str | torch.dtype | None = None,
         **kwargs: Any,
     ) -> ClipProposer:
-        """Load a CLIP registry name or folder (strict); ``segmenter`` defaults to sam-vit-base."""
+        """Load a CLIP registry name or folder (strict); ``segmenter`` defaults to sam-vit-base.
+
+        A ``grounded_seg.json`` in the model folder may set ``template``, ``background_texts``
+        and ``distractors`` calibrated for that model; ``kwargs`` override them."""
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         model, parts = load_pretrained(
@@ -177,6 +184,11 @@ class ClipProposer:
         tokenizer, image_processor = parts["tokenizer"], parts["image_processor"]
         if segmenter is None:
             segmenter = SamSegmenter.from_pretrained(device=model.device, dtype=model.dtype)
+        settings = read_model_settings(name_or_path, "clip_route", role="detector") or {}
+        unknown = set(settings) - {"template", "background_texts", "distractors"}
+        if unknown:
+            raise ValueError(f"{name_or_path}: unknown clip_route settings {sorted(unknown)}")
+        kwargs = {**settings, **kwargs}
         return cls(ClipScorer(model, tokenizer, image_processor), segmenter, **kwargs)
 
     def encode_image(self, image: np.ndarray) -> ClipImageState:
@@ -201,9 +213,16 @@ class ClipProposer:
             state.crop_embeddings = self.scorer.embed_images(crops)
         return state.crop_embeddings
 
+    def competing_texts(self, prompt: Prompt) -> tuple[str, ...]:
+        """The texts a crop may match instead of a class: distractor classes (those not in the
+        prompt, templated) then the background texts."""
+        others = tuple(self.template.format(d) for d in self.distractors if d not in prompt.classes)
+        return others + self.background_texts
+
     def class_probabilities(self, state: ClipImageState, prompt: Prompt) -> torch.Tensor:
-        """``(N, C + B)`` softmax over the prompt's C classes then the B background texts."""
-        texts = tuple(self.template.format(c) for c in prompt.classes) + self.background_texts
+        """``(N, C + K)`` softmax over the prompt's C classes then the K competing texts."""
+        texts = tuple(self.template.format(c) for c in prompt.classes)
+        texts += self.competing_texts(prompt)
         if texts not in state.text_cache:
             state.text_cache[texts] = self.scorer.embed_texts(texts)
         similarity = self.crop_embeddings(state) @ state.text_cache[texts].T

@@ -7,6 +7,7 @@ image by the SAM image processor's own ``post_process_masks``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from .._loading import load_pretrained
+from ..errors import InvalidWeightsError
+from ..registry import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,28 @@ class SamImageState:
     original_size: tuple[int, int]  # (H, W) of the original image, pixels
     reshaped_size: tuple[int, int]  # (h, w) after resizing, before padding
     embeddings: torch.Tensor | None = None  # (1, C, 64, 64) for the standard SAM
+
+
+SETTINGS_FILE = "grounded_seg.json"
+
+
+def read_model_settings(
+    name_or_path: str | os.PathLike, key: str, role: str = "segmenter"
+) -> dict | None:
+    """``key`` of the model folder's ``grounded_seg.json`` (settings calibrated for that model,
+    e.g. the automatic mode's filters for a small SAM), or ``None`` when there is none."""
+    source = resolve_model(name_or_path, role)
+    path = source.local_dir / SETTINGS_FILE if source.local_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InvalidWeightsError(f"{path}: not valid JSON: {err}") from err
+    value = settings.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise InvalidWeightsError(f"{path}: {key!r} must be an object, got {type(value).__name__}")
+    return value
 
 
 def scale_boxes(
@@ -51,9 +76,13 @@ class SamSegmenter:
     >>> masks, scores = segmenter.segment(state, np.array([[10, 20, 200, 240]]))  # doctest: +SKIP
     """
 
-    def __init__(self, model: torch.nn.Module, image_processor: Any) -> None:
+    def __init__(
+        self, model: torch.nn.Module, image_processor: Any, auto_mask: dict | None = None
+    ) -> None:
         self.model = model
         self.image_processor = image_processor
+        # automatic-mode filters calibrated for this model (None: segment-anything's defaults)
+        self.auto_mask = dict(auto_mask or {})
         self.encoder_calls = 0  # how many images were embedded; lets callers check the cache
 
     @classmethod
@@ -76,7 +105,7 @@ class SamSegmenter:
             dtype,
         )
         image_processor = parts["image_processor"]
-        return cls(model, image_processor)
+        return cls(model, image_processor, auto_mask=read_model_settings(name_or_path, "auto_mask"))
 
     @property
     def device(self) -> torch.device:

@@ -133,6 +133,11 @@ def generate_candidates(
     )
     logits, scores, stability = logits[keep], scores[keep], stability[keep]
     masks = torch.from_numpy(segmenter.upscale_masks(logits, state))
+    # NMS again on the exact boxes: low-res boxes can differ where the full masks do not
+    keep = class_aware_nms(
+        mask_boxes(masks), scores, torch.zeros(len(scores), dtype=torch.long), config.box_nms_thresh
+    )
+    masks, scores, stability = masks[keep], scores[keep], stability[keep]
     areas = masks.flatten(1).sum(-1)
     keep = areas > max(0.0, config.min_area_fraction) * height * width
     masks, scores, stability = masks[keep], scores[keep], stability[keep]

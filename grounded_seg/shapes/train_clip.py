@@ -56,6 +56,22 @@ BACKGROUND_TEXTS: tuple[str, ...] = tuple(DEFAULT_BACKGROUND_TEXTS)
 CAPTIONS: tuple[str, ...] = tuple(TEMPLATE.format(p) for p in PHRASES) + BACKGROUND_TEXTS
 """The 23 training captions: the 20 phrases in the route's template, then the background texts."""
 CROP_MARGIN = 0.1  # the route's default crop margin
+BOX_JITTER = 0.1
+"""Each side of an object's box moves by up to this fraction of the box's size before cropping:
+the CLIP route crops SAM's candidate boxes, which are never exactly the true box (a tiny SAM's
+point masks round off a star's tips, for one)."""
+
+
+def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, amount: float, size: int):
+    """``(N, 4)`` xyxy boxes with each side moved by up to ``amount`` x the box's width/height,
+    clipped to the image and at least 2 pixels wide and high."""
+    boxes = np.asarray(boxes, np.float64)
+    extent = np.repeat(boxes[:, 2:] - boxes[:, :2], 2, axis=1)[:, [0, 2, 1, 3]]
+    moved = np.clip(boxes + rng.uniform(-amount, amount, boxes.shape) * extent, 0, size)
+    moved[:, 2:] = np.maximum(moved[:, 2:], moved[:, :2] + 2)
+    return np.clip(moved, 0, size).astype(np.float32)
+
+
 MAX_TEXT_LEN = 32  # tokens, <|startoftext|> and <|endoftext|> included
 MAX_BACKGROUND_OVERLAP = 0.03  # a background crop holds at most 3% of any shape's pixels
 
@@ -193,8 +209,10 @@ def step_pairs(
     while len(crops) < batch_size:
         scene = make_scene(int(rng.integers(TRAIN_SEEDS.start, TRAIN_SEEDS.stop)))
         scenes_used.append(scene)
+        size = scene.image.shape[0]
+        jittered = jitter_boxes(scene.boxes, rng, BOX_JITTER, size)
         for obj, crop in zip(
-            scene.objects, crop_regions(scene.image, scene.boxes, CROP_MARGIN), strict=True
+            scene.objects, crop_regions(scene.image, jittered, CROP_MARGIN), strict=True
         ):
             if len(crops) == batch_size:
                 break
@@ -721,7 +739,9 @@ exp(logit_scale) = {m["logit_scale"]:.1f} (clamped at 100 during training).
 
 Generated on the fly from `TRAIN_SEEDS` (seeds 0 to 999,999) as a pure function of (seed, step),
 seed = {s["seed"]}: each step draws scenes until it holds {s["batch_size"]} ground-truth object
-crops (`crop_regions`, margin 0.1) captioned `"a photo of a {{phrase}}."`, deals them into batches
+crops (`crop_regions`, margin 0.1, each box side first moved by up to 10% of the box's
+size, as SAM's candidate boxes are never exact) captioned `"a photo of a {{phrase}}."`,
+deals them into batches
 of distinct captions and adds one background crop to each batch (a random box of an object's size
 whose crop holds at most {MAX_BACKGROUND_OVERLAP:.0%} of any shape's pixels, captioned with a
 random background text). Loss: `grounded_seg.clip.contrastive_loss` (the pair-weighted mean over
