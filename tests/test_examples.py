@@ -45,3 +45,11 @@ def test_several_prompts_example(tiny_gdino_dir, tiny_sam_dir, scene, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if " found (" in line]
     assert len(lines) == 2 and lines[0].startswith("'red square'")
+
+
+def test_clip_route_picture_example(tmp_path):
+    out = tmp_path / "clip_route.png"
+    result = run("clip_route.py", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "kept 2 for 'yellow star. red circle.'" in result.stderr
+    assert Image.open(out).size == (1040, 512)
