@@ -811,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     report = train_shapes_clip(args.pop("out_dir"), **args)
-    print(json.dumps(report, indent=1))
+    logger.info("%s", json.dumps(report, indent=1))
     return 0
 
 

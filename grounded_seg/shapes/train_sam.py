@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir, steps=args.steps, seed=args.seed, threads=args.threads,
         overwrite=args.overwrite,
     )  # fmt: skip
-    print(json.dumps({k: v for k, v in report.items() if k != "curve"}, indent=2))
+    logger.info("%s", json.dumps({k: v for k, v in report.items() if k != "curve"}, indent=2))
     return 0
 
 
