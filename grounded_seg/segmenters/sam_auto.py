@@ -3,13 +3,17 @@
 The steps follow segment-anything's ``SamAutomaticMaskGenerator``: one point prompt per grid cell,
 three masks per point, keep masks whose predicted IoU and stability score pass their thresholds,
 then box NMS. Filtering and NMS run on the low-resolution logits (cheap); only the survivors are
-resized to the original image. The image embedding is the segmenter's own (computed once).
+resized to the original image. With ``min_mask_region_area``, small disconnected islands are
+dropped from each mask and small holes filled (segment-anything's ``min_mask_region_area``
+post-processing), so a few stray pixels no longer stretch a candidate's box. The image embedding
+is the segmenter's own (computed once).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -28,6 +32,7 @@ class AutoMaskConfig:
     stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.7
     min_area_fraction: float = 0.0  # drop masks smaller than this fraction of the image
+    min_mask_region_area: int = 0  # islands and holes below this many pixels are removed
 
     def __post_init__(self) -> None:
         if not isinstance(self.points_per_side, int) or self.points_per_side < 1:
@@ -36,6 +41,9 @@ class AutoMaskConfig:
             raise ValueError(
                 f"points_per_batch: expected an int >= 1, got {self.points_per_batch!r}"
             )
+        area = self.min_mask_region_area
+        if isinstance(area, bool) or not isinstance(area, int) or area < 0:
+            raise ValueError(f"min_mask_region_area: expected an int >= 0, got {area!r}")
 
 
 @dataclass
@@ -92,6 +100,35 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(masks.flatten(1).any(1)[:, None], boxes, torch.zeros_like(boxes))
 
 
+def remove_small_regions(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, bool]:
+    """``mask`` (H, W) bool without its islands and holes smaller than ``min_area`` pixels.
+
+    Islands are 8-connected regions of the mask, holes 4-connected regions of its complement that
+    do not touch the image border. The largest island is always kept, so a mask never empties
+    (segment-anything would drop the mask instead). Returns ``(mask, changed)``.
+    """
+    if min_area <= 0 or not mask.any():
+        return mask, False
+    changed = False
+    holes = ~mask
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), None, 4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    small = [
+        i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] < min_area and i not in border
+    ]
+    if small:
+        mask = mask | np.isin(labels, small)
+        changed = True
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), None, 8)
+    if count > 2:
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        keep = [i + 1 for i, a in enumerate(areas) if a >= min_area or i == int(np.argmax(areas))]
+        if len(keep) < count - 1:
+            mask = np.isin(labels, keep)
+            changed = True
+    return mask, changed
+
+
 @torch.inference_mode()
 def generate_candidates(
     segmenter: SamSegmenter, state: SamImageState, config: AutoMaskConfig | None = None
@@ -132,7 +169,10 @@ def generate_candidates(
         low_boxes, scores, torch.zeros(len(scores), dtype=torch.long), config.box_nms_thresh
     )
     logits, scores, stability = logits[keep], scores[keep], stability[keep]
-    masks = torch.from_numpy(segmenter.upscale_masks(logits, state))
+    masks = segmenter.upscale_masks(logits, state)
+    if config.min_mask_region_area > 0:
+        masks = np.stack([remove_small_regions(m, config.min_mask_region_area)[0] for m in masks])
+    masks = torch.from_numpy(masks)
     # NMS again on the exact boxes: low-res boxes can differ where the full masks do not
     keep = class_aware_nms(
         mask_boxes(masks), scores, torch.zeros(len(scores), dtype=torch.long), config.box_nms_thresh
