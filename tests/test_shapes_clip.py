@@ -24,8 +24,11 @@ from grounded_seg.shapes.train_clip import (
     CHECKPOINT_DIR,
     CHECKPOINT_FILE,
     LOG_FILE,
+    CandidatePool,
     background_boxes,
     evaluate_shapes_clip,
+    match_candidates,
+    pool_seeds,
     step_pairs,
     train_shapes_clip,
 )
@@ -44,6 +47,8 @@ TINY = dict(
     text_width=32,
     text_layers=1,
     projection_dim=32,
+    candidate_scenes=3,  # a tiny pool of the bundled shapes-sam's candidates
+    candidate_share=0.5,
     threads=1,
     device="cpu",
     log_every=1,
@@ -115,6 +120,34 @@ def test_training_batches_hold_distinct_captions_and_backgrounds_touch_no_shape(
     assert len(crop_regions(scene.image, boxes)) == 5
 
 
+def test_candidates_are_captioned_by_mask_overlap_and_mixed_into_the_steps():
+    scene = make_scene(6)
+    objects = scene.masks
+    assert len(objects) >= 2
+    part = objects[0].copy()
+    part[: int(np.percentile(np.nonzero(part)[0], 60))] = False  # 40% of the object: IoU < 0.5
+    candidates = np.stack([objects[1], objects[0], part, np.zeros_like(part)])
+    assert match_candidates(candidates, scene) == [1, 0, -1, -1]
+
+    pool = CandidatePool(
+        crops=[np.full((10, 10, 3), i, np.uint8) for i in range(6)], labels=[0, 1, 2, 3, -1, -1]
+    )
+    crops, captions, batches = step_pairs(0, 1, 16, pool, candidate_share=0.25)
+    assert sum(c < len(PHRASES) for c in captions) == 16
+    pooled = [i for i, c in enumerate(crops) if c.shape == (10, 10, 3)]
+    objects_pooled = [i for i in pooled if crops[i][0, 0, 0] < 4]
+    assert len(objects_pooled) == 4  # round(0.25 * 16), each with its own label as caption
+    assert all(captions[i] == crops[i][0, 0, 0] for i in objects_pooled)
+    assert all(captions[i] >= len(PHRASES) for i in pooled if i not in objects_pooled)
+    for batch in batches:
+        assert len({captions[i] for i in batch}) == len(batch)
+    again = step_pairs(0, 1, 16, pool, candidate_share=0.25)
+    assert again[1:] == (captions, batches)
+    assert step_pairs(0, 1, 16)[1] == step_pairs(0, 1, 16, None, 0.75)[1]  # no pool: as before
+    assert pool_seeds(0, 5) == pool_seeds(0, 5) and len(set(pool_seeds(0, 5))) == 5
+    assert pool_seeds(1, 5) != pool_seeds(0, 5) and pool_seeds(0, 0) == []
+
+
 # --------------------------------------------------------------------------- the bundled model
 
 
@@ -128,9 +161,10 @@ def bundled() -> Path:
     return BUNDLED
 
 
-def test_bundled_model_zero_shot_on_held_out_scenes(bundled):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_bundled_model_zero_shot_on_held_out_scenes(bundled, device):
     """Loaded strictly, as the CLIP route loads it, and scored with the route's ClipScorer."""
-    metrics = evaluate_shapes_clip(bundled, HELD_OUT_SEEDS[:60], device="cpu")
+    metrics = evaluate_shapes_clip(bundled, HELD_OUT_SEEDS[:60], device=device)
     assert metrics["objects"] >= 120
     assert metrics["zero_shot_accuracy"] >= 0.90, metrics
     assert metrics["background_rejection"] >= 0.90, metrics

@@ -18,11 +18,14 @@ from grounded_seg.shapes import HELD_OUT_SEEDS, PHRASES, export_coco, make_scene
 SEEDS = range(HELD_OUT_SEEDS.start + 7000, HELD_OUT_SEEDS.start + 7040)  # 40 fixed scenes
 
 
-@pytest.fixture(scope="module")
-def clip_route():
+# every test of the route runs on the CPU and again on CUDA (gpu: skipped without one)
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def clip_route(request):
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield GroundedSAM(detector="shapes-clip", segmenter="shapes-sam", proposer="clip", device="cpu")
+    yield GroundedSAM(
+        detector="shapes-clip", segmenter="shapes-sam", proposer="clip", device=request.param
+    )
     torch.set_num_threads(previous)
 
 

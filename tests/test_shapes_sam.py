@@ -23,8 +23,13 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def test_bundled_sam_masks_from_true_boxes(one_thread):
-    segmenter = SamSegmenter.from_pretrained("shapes-sam", device="cpu")  # found in weights/shapes
+# the same accuracy on the GPU (skipped without CUDA, see conftest.py)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bundled_sam_masks_from_true_boxes(one_thread, device):
+    segmenter = SamSegmenter.from_pretrained("shapes-sam", device=device)  # found in weights/shapes
     mean_iou = evaluate_sam(segmenter, EVAL_SEEDS)
     assert mean_iou >= 0.85, mean_iou
 

@@ -5,12 +5,19 @@ crop of a candidate box (``crop_regions`` with margin 0.1) against the texts
 ``"a photo of a {phrase}."`` of the prompt's classes plus the background texts
 (``DEFAULT_BACKGROUND_TEXTS``), scored by ``softmax(exp(logit_scale) * cos)``.
 
-Training data is generated on the fly from :data:`TRAIN_SEEDS` scenes, as a pure function of
-``(seed, step)``: each step draws scenes until it holds ``batch_size`` object crops (ground-truth
-boxes, captioned ``"a photo of a {phrase}."``), deals them into caption-distinct batches (batch
+Training data comes from :data:`TRAIN_SEEDS` scenes, as a pure function of ``(seed, step)``.
+Before the first step, SAM's automatic mode (the route's own candidates: the bundled shapes-sam
+with its calibrated settings) runs on ``candidate_scenes`` training scenes; each candidate whose
+mask overlaps a true object with IoU >= 0.5 is captioned with that object's phrase, the others
+with a background text (:func:`candidate_pool`). A tiny SAM's candidates are not the true boxes
+(its point masks round off a star's tips), so the model must learn to read its crops too. Each
+step takes ``candidate_share`` of its ``batch_size`` object crops from that pool and draws scenes
+for the rest (ground-truth boxes jittered by :data:`BOX_JITTER`, captioned
+``"a photo of a {phrase}."``), deals them into caption-distinct batches (batch
 ``j`` holds the ``j``-th crop of every phrase that has one, so no batch holds a caption twice) and
-adds to each batch one background crop (a random box of an object's size that touches no shape,
-captioned with one of the background texts). The step's loss is the pair-weighted mean of
+adds to each batch one background crop (an unmatched pool candidate with probability
+``candidate_share``, else a random box of an object's size that touches no shape, captioned with
+one of the background texts). The step's loss is the pair-weighted mean of
 :func:`grounded_seg.clip.contrastive_loss` over its batches; AdamW with a linear warm-up and a
 cosine decay; ``logit_scale`` is clamped to at most ``log(100)`` after every step.
 
@@ -36,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -187,15 +195,103 @@ def background_boxes(
     return np.array(boxes, np.float32).reshape(-1, 4)
 
 
-def step_pairs(
-    seed: int, step: int, batch_size: int
-) -> tuple[list[np.ndarray], list[int], list[list[int]]]:
-    """The training pairs of one step, a pure function of ``(seed, step)``.
+MATCH_IOU = 0.5
+"""A SAM candidate is an object's when their masks overlap with IoU >= this (else background)."""
 
-    Scenes drawn from :data:`TRAIN_SEEDS` give ``batch_size`` object crops (all objects of each
-    scene, in order, the last scene cut short); batch ``j`` holds the ``j``-th crop of each phrase
-    that has one; each batch of at least one object then gets one background crop captioned by a
-    random background text, and batches of a single pair are dropped.
+
+@dataclass
+class CandidatePool:
+    """Crops of SAM automatic-mode candidates (the CLIP route's own regions) and their captions.
+
+    ``crops``: RGB uint8 crops (``crop_regions``, margin 0.1, of the candidates' boxes);
+    ``labels``: the phrase id of the object each candidate matches (mask IoU >= :data:`MATCH_IOU`),
+    or -1 for a candidate that matches none (captioned with a background text).
+    """
+
+    crops: list[np.ndarray] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @property
+    def objects(self) -> np.ndarray:
+        """Indices of the candidates that match an object."""
+        return np.flatnonzero(np.array(self.labels, np.int64) >= 0)
+
+    @property
+    def backgrounds(self) -> np.ndarray:
+        """Indices of the candidates that match no object."""
+        return np.flatnonzero(np.array(self.labels, np.int64) < 0)
+
+
+def match_candidates(candidate_masks: np.ndarray, scene: Scene) -> list[int]:
+    """For each candidate mask ``(N, H, W)``, the index of the scene's object whose mask it
+    overlaps with IoU >= :data:`MATCH_IOU` (the best such), or -1."""
+    truth = scene.masks.reshape(len(scene.objects), -1)
+    matches = []
+    for mask in candidate_masks.reshape(len(candidate_masks), -1):
+        inter = (truth & mask).sum(1)
+        union = (truth | mask).sum(1)
+        iou = inter / np.maximum(union, 1)
+        best = int(np.argmax(iou)) if len(iou) else -1
+        matches.append(best if best >= 0 and iou[best] >= MATCH_IOU else -1)
+    return matches
+
+
+def load_candidate_segmenter(sam: str | os.PathLike, device: Any = None) -> Any:
+    """The SAM whose automatic mode makes the candidates (float32, eval mode)."""
+    from ..segmenters.sam import SamSegmenter
+
+    return SamSegmenter.from_pretrained(sam, device=device or "cpu", dtype=torch.float32)
+
+
+def candidate_pool(segmenter: Any, seeds: Sequence[int]) -> CandidatePool:
+    """SAM's candidates on the scenes of ``seeds``, exactly as the CLIP route makes them (its
+    automatic mode with the segmenter's calibrated settings, ``crop_regions`` margin 0.1), each
+    captioned by :func:`match_candidates`. Deterministic for a given SAM and thread count."""
+    from ..segmenters.sam_auto import AutoMaskConfig, generate_candidates
+
+    config = AutoMaskConfig(**(getattr(segmenter, "auto_mask", None) or {}))
+    pool = CandidatePool()
+    for seed in seeds:
+        scene = make_scene(int(seed))
+        found = generate_candidates(segmenter, segmenter.encode_image(scene.image), config)
+        if not len(found):
+            continue
+        pool.crops.extend(crop_regions(scene.image, found.xyxy, CROP_MARGIN))
+        pool.labels.extend(
+            scene.objects[m].class_id if m >= 0 else -1
+            for m in match_candidates(found.masks, scene)
+        )
+    return pool
+
+
+def pool_seeds(seed: int, count: int) -> list[int]:
+    """The :data:`TRAIN_SEEDS` scenes of the candidate pool, a pure function of ``seed``."""
+    rng = np.random.default_rng([seed, 0x5A3])
+    if not count:
+        return []
+    return [TRAIN_SEEDS[i] for i in rng.choice(len(TRAIN_SEEDS), size=count, replace=False)]
+
+
+def step_pairs(
+    seed: int,
+    step: int,
+    batch_size: int,
+    pool: CandidatePool | None = None,
+    candidate_share: float = 0.0,
+) -> tuple[list[np.ndarray], list[int], list[list[int]]]:
+    """The training pairs of one step, a pure function of ``(seed, step)`` (and the pool).
+
+    With a ``pool``, ``round(candidate_share * batch_size)`` of the object crops are SAM candidates
+    drawn from it (without replacement), captioned with their object's phrase. Scenes drawn from
+    :data:`TRAIN_SEEDS` give the other object crops (ground-truth boxes jittered by
+    :data:`BOX_JITTER`; all objects of each scene, in order, the last scene cut short); batch
+    ``j`` holds the ``j``-th crop of each phrase that has one; each batch of at least one object
+    then gets one background crop captioned by a random background text (with probability
+    ``candidate_share`` an unmatched pool candidate, when the pool has one, else a random box that
+    touches no shape), and batches of a single pair are dropped.
 
     Returns:
         ``(crops, captions, batches)``: RGB uint8 crops, the index into :data:`CAPTIONS` of each
@@ -206,6 +302,12 @@ def step_pairs(
     captions: list[int] = []
     by_caption: dict[int, list[int]] = {}
     scenes_used: list[Scene] = []
+    if pool is not None and candidate_share > 0 and len(pool.objects):
+        from_pool = min(round(candidate_share * batch_size), len(pool.objects))
+        for index in rng.choice(pool.objects, size=from_pool, replace=False).tolist():
+            by_caption.setdefault(pool.labels[index], []).append(len(crops))
+            crops.append(pool.crops[index])
+            captions.append(pool.labels[index])
     while len(crops) < batch_size:
         scene = make_scene(int(rng.integers(TRAIN_SEEDS.start, TRAIN_SEEDS.stop)))
         scenes_used.append(scene)
@@ -222,7 +324,15 @@ def step_pairs(
     depth = max(len(v) for v in by_caption.values())
     batches = [[v[j] for v in by_caption.values() if len(v) > j] for j in range(depth)]
     n_phrases = len(PHRASES)
+    pool_backgrounds = pool.backgrounds if pool is not None else np.zeros(0, np.int64)
     for batch in batches:
+        if len(pool_backgrounds) and rng.uniform() < candidate_share:
+            batch.append(len(crops))
+            crops.append(pool.crops[int(rng.choice(pool_backgrounds))])  # type: ignore[union-attr]
+            captions.append(n_phrases + int(rng.integers(len(BACKGROUND_TEXTS))))
+            continue
+        if not scenes_used:
+            scenes_used.append(make_scene(int(rng.integers(TRAIN_SEEDS.start, TRAIN_SEEDS.stop))))
         for _ in range(10):  # a scene with room for a background box (most have)
             scene = scenes_used[int(rng.integers(len(scenes_used)))]
             box = background_boxes(scene, rng, 1)
@@ -290,6 +400,54 @@ def evaluate_scorer(scorer: ClipScorer, seeds: Sequence[int]) -> dict[str, Any]:
         best = (scorer.embed_images(backgrounds) @ texts.T).argmax(dim=-1)
         result["background_rejection"] = float((best >= len(PHRASES)).float().mean())
     return result
+
+
+def evaluate_on_candidates(scorer: ClipScorer, pool: CandidatePool) -> dict[str, Any]:
+    """How a CLIP reads SAM's own candidates (a :func:`candidate_pool` of held-out scenes).
+
+    * ``candidate_accuracy``: fraction of candidates that match an object whose best text among
+      the 20 phrases is that object's phrase;
+    * ``candidates_kept``: fraction of those whose best text of the 23 is a phrase;
+    * ``candidate_background_rejection``: fraction of unmatched candidates whose best text of the
+      23 is a background text (``nan`` when there are none).
+    """
+    texts = scorer.embed_texts(list(CAPTIONS))
+    result: dict[str, Any] = {
+        "candidates": len(pool),
+        "candidate_accuracy": math.nan,
+        "candidates_kept": math.nan,
+        "background_candidates": len(pool.backgrounds),
+        "candidate_background_rejection": math.nan,
+    }
+    if not len(pool):
+        return result
+    similarity = scorer.embed_images(pool.crops) @ texts.T
+    best = similarity.argmax(dim=-1)
+    phrase_best = similarity[:, : len(PHRASES)].argmax(dim=-1)
+    labels = torch.tensor(pool.labels)
+    objects = labels >= 0
+    if bool(objects.any()):
+        right = phrase_best[objects] == labels[objects]
+        result["candidate_accuracy"] = float(right.float().mean())
+        result["candidates_kept"] = float((best[objects] < len(PHRASES)).float().mean())
+    if bool((~objects).any()):
+        rejected = best[~objects] >= len(PHRASES)
+        result["candidate_background_rejection"] = float(rejected.float().mean())
+    return result
+
+
+def _sam_identity(sam: str | os.PathLike) -> dict[str, str]:
+    """The candidate SAM's name and the sha256 of its weights (for the model card)."""
+    import hashlib
+
+    from ..registry import resolve_model
+
+    source = resolve_model(sam, "segmenter")
+    identity = {"name": str(sam)}
+    weights = source.local_dir / "model.safetensors" if source.local_dir else None
+    if weights is not None and weights.is_file():
+        identity["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return identity
 
 
 def evaluate_shapes_clip(
@@ -372,6 +530,9 @@ _CLI_SETTINGS = (
     "text_width",
     "text_layers",
     "projection_dim",
+    "sam",
+    "candidate_scenes",
+    "candidate_share",
     "threads",
 )
 
@@ -397,6 +558,9 @@ def train_shapes_clip(
     text_width: int = 64,
     text_layers: int = 2,
     projection_dim: int = 64,
+    sam: str = "shapes-sam",
+    candidate_scenes: int = 0,
+    candidate_share: float = 0.0,
     device: str | torch.device | None = None,
     threads: int | None = 1,
     resume: bool = True,
@@ -421,6 +585,12 @@ def train_shapes_clip(
             count, on the CPU) give the same model bit for bit.
         image_size, width, layers, patch_size, text_width, text_layers, projection_dim: the model
             (see :func:`shapes_clip_config`).
+        sam: the SAM (registry name or folder) whose automatic mode makes the candidate crops.
+        candidate_scenes: :data:`TRAIN_SEEDS` scenes (drawn by :func:`pool_seeds`) whose SAM
+            candidates form the pool of :func:`candidate_pool` (0: no pool, no SAM needed).
+        candidate_share: the fraction of each step's object crops drawn from that pool (the
+            rest are jittered ground-truth boxes); also the chance that a batch's background crop
+            is an unmatched candidate.
         device: ``None``/``"auto"`` (CUDA, MPS, then CPU) or an explicit device.
         threads: ``torch.set_num_threads`` during the call (restored after); ``None`` leaves it.
         resume: continue from ``out_dir/checkpoint/`` when one is there (it must have been made
@@ -455,11 +625,15 @@ def train_shapes_clip(
         ("log_every", log_every, 1),
         ("checkpoint_every", checkpoint_every, 1),
         ("eval_scenes", eval_scenes, 1),
+        ("candidate_scenes", candidate_scenes, 0),
     ):
         _check_int(name, value, low)
     for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    share_ok = isinstance(candidate_share, (int, float)) and not isinstance(candidate_share, bool)
+    if not share_ok or not 0.0 <= candidate_share <= 1.0:
+        raise ValueError(f"candidate_share: expected a number in [0, 1], got {candidate_share!r}")
     if warmup_steps is None:
         warmup_steps = min(500, max(1, steps // 20))
     _check_int("warmup_steps", warmup_steps, 1)
@@ -500,6 +674,9 @@ def train_shapes_clip(
         "text_width": text_width,
         "text_layers": text_layers,
         "projection_dim": projection_dim,
+        "sam": str(sam),
+        "candidate_scenes": candidate_scenes,
+        "candidate_share": float(candidate_share),
         "threads": threads,
     }
     config = shapes_clip_config(
@@ -553,13 +730,26 @@ def train_shapes_clip(
                     torch_device,
                     torch.get_num_threads(),
                 )
+            pool, segmenter, pool_seconds = None, None, 0.0
+            if candidate_scenes:
+                pool_start = time.perf_counter()
+                segmenter = load_candidate_segmenter(sam, torch_device)
+                pool = candidate_pool(segmenter, pool_seeds(seed, candidate_scenes))
+                pool_seconds = time.perf_counter() - pool_start
+                logger.info(
+                    "candidate pool: %d SAM candidates (%d background) from %d scenes in %.0f s",
+                    len(pool),
+                    len(pool.backgrounds),
+                    candidate_scenes,
+                    pool_seconds,
+                )
             session_start = time.perf_counter() - elapsed
             scorer = ClipScorer(model, tokenizer, image_processor)
             last = min(steps, stop_after) if stop_after is not None else steps
             model.train()
             while step < last:
                 step += 1
-                crops, captions, batches = step_pairs(seed, step, batch_size)
+                crops, captions, batches = step_pairs(seed, step, batch_size, pool, candidate_share)
                 pixels = image_processor(images=crops, return_tensors="pt")["pixel_values"]
                 image_emb = projected_features(
                     model.get_image_features(pixel_values=pixels.to(torch_device))
@@ -648,6 +838,17 @@ def train_shapes_clip(
             model.eval()
             eval_seeds = HELD_OUT_SEEDS[:eval_scenes]
             report["metrics"] = evaluate_scorer(scorer, eval_seeds)
+            if segmenter is not None:
+                report["metrics"].update(
+                    evaluate_on_candidates(scorer, candidate_pool(segmenter, eval_seeds))
+                )
+                report["sam"] = _sam_identity(sam)
+                report["pool"] = {
+                    "scenes": candidate_scenes,
+                    "candidates": len(pool),  # type: ignore[arg-type]
+                    "background_candidates": len(pool.backgrounds),  # type: ignore[union-attr]
+                    "seconds": round(pool_seconds, 1),
+                }
             report["eval_seeds"] = f"HELD_OUT_SEEDS[:{eval_scenes}]"
             out.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(out)
@@ -737,15 +938,15 @@ exp(logit_scale) = {m["logit_scale"]:.1f} (clamped at 100 during training).
 
 ## Data
 
-Generated on the fly from `TRAIN_SEEDS` (seeds 0 to 999,999) as a pure function of (seed, step),
-seed = {s["seed"]}: each step draws scenes until it holds {s["batch_size"]} ground-truth object
-crops (`crop_regions`, margin 0.1, each box side first moved by up to 10% of the box's
-size, as SAM's candidate boxes are never exact) captioned `"a photo of a {{phrase}}."`,
-deals them into batches
-of distinct captions and adds one background crop to each batch (a random box of an object's size
-whose crop holds at most {MAX_BACKGROUND_OVERLAP:.0%} of any shape's pixels, captioned with a
-random background text). Loss: `grounded_seg.clip.contrastive_loss` (the pair-weighted mean over
-the step's batches).
+From `TRAIN_SEEDS` (seeds 0 to 999,999) as a pure function of (seed, step), seed = {s["seed"]}.
+{_pool_text(report)}Each step holds {s["batch_size"]} object crops (`crop_regions`, margin 0.1):
+a share of {s["candidate_share"]} drawn from that pool, the rest ground-truth boxes of scenes
+drawn for the step (each box side first moved by up to {BOX_JITTER:.0%} of the box's size),
+captioned `"a photo of a {{phrase}}."`; it deals them into batches of distinct captions and adds
+one background crop to each batch (with probability {s["candidate_share"]} an unmatched pool
+candidate, else a random box of an object's size whose crop holds at most
+{MAX_BACKGROUND_OVERLAP:.0%} of any shape's pixels), captioned with a random background text.
+Loss: `grounded_seg.clip.contrastive_loss` (the pair-weighted mean over the step's batches).
 
 ## Training
 
@@ -774,7 +975,7 @@ On the ground-truth boxes of the {m["scenes"]} scenes `{report["eval_seeds"]}`
 | shape right | {m["shape_accuracy"]:.3f} |
 | {rejected} | {m["background_rejection"]:.3f} |
 | object crops kept (their best text of the 23 is a phrase) | {m["objects_kept"]:.3f} |
-
+{_candidate_rows(m)}
 ## Training curve
 
 Mean training loss since the previous logged step, and zero-shot accuracy on held-out scenes
@@ -785,6 +986,37 @@ Mean training loss since the previous logged step, and zero-shot accuracy on hel
 | --- | --- | --- | --- |
 {curve}
 """
+
+
+def _pool_text(report: dict[str, Any]) -> str:
+    """The model card's sentence on the candidate pool ("" without one)."""
+    pool = report.get("pool")
+    if not pool:
+        return ""
+    sam = report.get("sam", {})
+    digest = f", `model.safetensors` sha256 `{sam['sha256'][:16]}…`" if "sha256" in sam else ""
+    return (
+        f"First, SAM's automatic mode (`{sam.get('name')}`{digest}, with its `grounded_seg.json`\n"
+        f"settings, exactly as the CLIP route runs it) made {pool['candidates']:,} candidates on "
+        f"{pool['scenes']:,} training\nscenes (`pool_seeds`) in {pool['seconds']:.0f} s; each "
+        f"candidate whose mask overlaps a true object\nwith IoU >= {MATCH_IOU} is captioned with "
+        f"that object's phrase, the {pool['background_candidates']} others with a\nbackground "
+        "text. A tiny SAM's candidates are not the true boxes (its point masks round off a\n"
+        "star's tips), so the model learns to read its crops too.\n"
+    )
+
+
+def _candidate_rows(m: dict[str, Any]) -> str:
+    """Rows of the metrics on SAM's held-out candidates ("" when they were not measured)."""
+    if "candidate_accuracy" not in m:
+        return ""
+    return (
+        f"| SAM candidates matching an object ({m['candidates']}): phrase right "
+        f"| {m['candidate_accuracy']:.3f} |\n"
+        f"| SAM candidates matching an object: kept | {m['candidates_kept']:.3f} |\n"
+        f"| SAM candidates matching no object ({m['background_candidates']}): rejected "
+        f"| {m['candidate_background_rejection']:.3f} |\n"
+    )
 
 
 def _last_span(log: list[dict[str, Any]]) -> int:
@@ -803,7 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, parameter in inspect.signature(train_shapes_clip).parameters.items():
         if name in ("out_dir", "device", "resume", "overwrite"):
             continue
-        kind = float if isinstance(parameter.default, float) else int
+        kind = type(parameter.default) if isinstance(parameter.default, (float, str)) else int
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=parameter.default)
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-resume", dest="resume", action="store_false")
