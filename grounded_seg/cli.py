@@ -5,7 +5,8 @@
                  [--device DEV] [--dtype DTYPE]
                  [--box-threshold 0.35] [--text-threshold 0.25] [--overwrite]
     grounded-seg models [--role detector|segmenter]
-    grounded-seg train shapes --model sam|clip [--out DIR] [--steps N] [--seed S] [--threads T]
+    grounded-seg train shapes --model sam|clip|gdino [--out DIR] [--steps N] [--seed S]
+                 [--threads T] [--device DEV] [--batch-size B] [--workers W] [--stop-at STEP]
     grounded-seg demo ["red circle. blue square."] [--seed S] [-o demo.png]
     grounded-seg eval ANNOTATIONS [--images DIR] [--proposer ...] [--detector ...] [--segmenter ...]
                  [--device DEV] [--box-threshold 0.0] [--json out.json] [--max-images N]
@@ -95,12 +96,19 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model of the shapes world (reproducible)")
     train.add_argument("world", choices=["shapes"])
-    train.add_argument("--model", choices=["sam", "clip"], required=True)
+    train.add_argument("--model", choices=["sam", "clip", "gdino"], required=True)
     train.add_argument("--out", default=None, help="output folder (default weights/shapes/MODEL)")
     train.add_argument("--steps", type=int, default=None, help="training steps (model default)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--overwrite", action="store_true", help="replace a finished model")
+    gdino = train.add_argument_group("gdino only")
+    gdino.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (gdino only)")
+    gdino.add_argument("--batch-size", type=int, default=None, help="scenes per step (gdino)")
+    gdino.add_argument("--workers", type=int, default=0, help="data worker processes (gdino)")
+    gdino.add_argument(
+        "--stop-at", type=int, default=None, help="end this run after that step; rerun to resume"
+    )
     return parser
 
 
@@ -181,11 +189,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     kwargs = {"seed": args.seed, "threads": args.threads, "overwrite": args.overwrite}
     if args.steps is not None:
         kwargs["steps"] = args.steps
+    gdino_only = {"--batch-size": args.batch_size, "--stop-at": args.stop_at}
+    if args.model != "gdino" and (
+        args.device != "cpu" or args.workers or any(v is not None for v in gdino_only.values())
+    ):
+        raise ValueError("--device, --batch-size, --workers and --stop-at apply to --model gdino")
     if args.model == "sam":
         from .shapes.train_sam import train_shapes_sam as train
-    else:
+    elif args.model == "clip":
         from .shapes.train_clip import train_shapes_clip as train
+    else:
+        from .shapes.train_gdino import train_shapes_gdino as train
+
+        kwargs.update(device=args.device, workers=args.workers, stop_at=args.stop_at)
+        if args.batch_size is not None:
+            kwargs["batch_size"] = args.batch_size
     report = train(out, **kwargs)
+    if "stopped_at" in report:
+        print(f"stopped after step {report['stopped_at']}; run the same command again to resume")
+        return 0
     summary = {k: v for k, v in report.items() if k != "curve" and not isinstance(v, list)}
     print(json.dumps(summary, indent=2))
     print(f"wrote {out}")

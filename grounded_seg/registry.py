@@ -78,6 +78,17 @@ _MODELS: tuple[ModelSpec, ...] = (
         "CLIP ViT-L/14: scores region crops against the prompt (the CLIP route)",
     ),
     ModelSpec(
+        "shapes-gdino",
+        "detector",
+        "grounding_dino",
+        None,
+        None,
+        "2.3M",
+        "small Grounding DINO trained by grounded_seg on the shapes world (bundled, offline)",
+        bundled="shapes/gdino",
+        reproduce="grounded-seg train shapes --model gdino --device cuda",
+    ),
+    ModelSpec(
         "shapes-clip",
         "detector",
         "clip",

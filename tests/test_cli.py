@@ -502,3 +502,23 @@ def test_unknown_output_extension_is_refused_before_any_model_loads(tmp_path, sc
     rc = _segment_without_model(scene_png, PROMPT, out, "--masks-dir", str(masks_dir))
     _assert_input_error(rc, capsys.readouterr().err, out, ".xyz")
     assert not masks_dir.exists()  # nothing written when an argument is bad
+
+
+def test_train_gdino_runs_in_parts_and_resumes(tmp_path, capsys):
+    out = tmp_path / "gdino"
+    args = ["train", "shapes", "--model", "gdino", "--out", str(out), "--steps", "3",
+            "--batch-size", "2", "--threads", "1"]  # fmt: skip
+    assert main([*args, "--stop-at", "1"]) == 0
+    assert "stopped after step 1" in capsys.readouterr().out
+    assert (out / "checkpoint.pt").is_file() and not (out / "model.safetensors").exists()
+    assert main([*args, "--stop-at", "2"]) == 0
+    assert "stopped after step 2" in capsys.readouterr().out
+    import torch
+
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2 and state["resumed_at"] == [1]
+
+
+def test_train_rejects_gdino_options_for_other_models(capsys):
+    assert main(["train", "shapes", "--model", "sam", "--batch-size", "4"]) == 2
+    assert "apply to --model gdino" in capsys.readouterr().err

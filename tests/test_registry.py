@@ -18,10 +18,10 @@ def test_registry_names_and_roles():
     names = [spec.name for spec in list_models()]
     detectors = ["grounding-dino-tiny", "grounding-dino-base"]
     clips = ["clip-vit-base-patch32", "clip-vit-large-patch14"]
-    bundled = ["shapes-clip", "shapes-sam"]
+    bundled = ["shapes-gdino", "shapes-clip", "shapes-sam"]
     sams = ["sam-vit-base", "sam-vit-large", "sam-vit-huge"]
     assert names == [*detectors, *clips, *bundled, *sams]
-    assert [s.name for s in list_models("detector")] == [*detectors, *clips, "shapes-clip"]
+    assert [s.name for s in list_models("detector")] == [*detectors, *clips, *bundled[:2]]
     assert [s.name for s in list_models() if s.hub_id is None] == bundled
     assert {s.family for s in list_models()} == {"grounding_dino", "clip", "sam"}
     assert get_model_spec("sam-vit-huge").hub_id == "facebook/sam-vit-huge"
