@@ -8,6 +8,7 @@
     grounded-seg train shapes --model sam|clip|gdino [--out DIR] [--steps N] [--seed S]
                  [--threads T] [--device DEV] [--batch-size B] [--workers W] [--stop-at STEP]
     grounded-seg demo ["red circle. blue square."] [--seed S] [-o demo.png]
+                 [--proposer clip|grounding_dino]
     grounded-seg eval ANNOTATIONS [--images DIR] [--proposer ...] [--detector ...] [--segmenter ...]
                  [--device DEV] [--box-threshold 0.0] [--json out.json] [--max-images N]
 
@@ -76,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="demo.png", help="annotated image to write")
     demo.add_argument("--device", default=None)
     demo.add_argument("--box-threshold", type=float, default=0.35)
+    demo.add_argument(
+        "--proposer",
+        choices=["clip", "grounding_dino"],
+        default="clip",
+        help="clip: shapes-clip over SAM candidates (default); grounding_dino: shapes-gdino",
+    )
     demo.add_argument("--overwrite", action="store_true")
 
     ev = sub.add_parser("eval", help="score boxes and masks on a COCO data set (AP, AP50, AP75)")
@@ -127,8 +134,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     shown = [c for c in prompt.classes if c in PHRASES][:4]
     scene = make_scene(seed, phrases=shown or None)
     start = time.perf_counter()
+    detector = {"clip": "shapes-clip", "grounding_dino": "shapes-gdino"}[args.proposer]
     detections = segment(
-        scene.image, prompt, proposer="clip", detector="shapes-clip", segmenter="shapes-sam",
+        scene.image, prompt, proposer=args.proposer, detector=detector, segmenter="shapes-sam",
         box_threshold=args.box_threshold, device=args.device,
     )  # fmt: skip
     seconds = time.perf_counter() - start

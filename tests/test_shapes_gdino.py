@@ -105,3 +105,14 @@ def test_single_phrase_prompts(gdino_route):
     rates = single_phrase_rates(gdino_route, TEST_SEEDS)
     assert rates["present_hit"] >= 0.9, rates
     assert rates["absent_empty"] >= 0.9, rates
+
+
+def test_offline_demo_with_shapes_gdino(tmp_path, capsys):
+    from grounded_seg.cli import main
+
+    out = tmp_path / "demo.png"
+    assert main(["demo", "-o", str(out), "--device", "cpu", "--proposer", "grounding_dino"]) == 0
+    printed = capsys.readouterr().out
+    found = [line.split()[1:3] for line in printed.splitlines() if line.strip().startswith("found")]
+    assert sorted(" ".join(f) for f in found) == ["blue square", "red circle"]
+    assert out.is_file()
