@@ -277,3 +277,26 @@ def test_clip_route_through_the_cli(tiny_clip_dir, tiny_sam_dir, scene, tmp_path
     report = json.loads((tmp_path / "out.json").read_text())
     assert report["proposer"] == "clip" and report["detector"] == str(tiny_clip_dir)
     assert report["detections"] == []
+
+
+def test_crop_views_average_the_rotated_crops(route):
+    with pytest.raises(ValueError, match="crop_views: expected 1, 2 or 4, got 3"):
+        ClipProposer(route.scorer, route.segmenter, crop_views=3)
+    image = make_scene()
+    plain = route.proposer.crop_embeddings(route.proposer.encode_image(image))
+    seen = []
+
+    def embed_images(crops, batch_size=64):
+        seen.append([c.shape for c in crops])
+        return ColourScorer.embed_images(route.scorer, crops)
+
+    route.scorer.embed_images = embed_images
+    four = ClipProposer(
+        route.scorer, route.segmenter, AutoMaskConfig(points_per_side=16), crop_views=4
+    )
+    state = four.encode_image(image)
+    averaged = four.crop_embeddings(state)
+    assert len(seen) == 4  # the crop, then turned by 90, 180 and 270 degrees
+    assert seen[1] == [(w, h, c) for h, w, c in seen[0]] and seen[2] == seen[0]
+    # colour does not change when turned: the same embeddings as one view
+    torch.testing.assert_close(averaged, plain)

@@ -9,7 +9,9 @@ blanked) and all crops are embedded in batched CLIP forwards. A crop's class pro
 
 with ``t`` CLIP's learned log temperature (``logit_scale``), the seed lecture's formula. A crop is
 kept when its best text is a class (not a background text) with probability above
-``box_threshold``. Candidates, crop embeddings and the SAM masks depend only on the image, so they
+``box_threshold``. With ``crop_views`` 2 or 4, a crop's embedding is the mean of the crop's and
+its rotations' (180 degrees; or 90, 180 and 270), for a model whose classes do not change when
+turned. Candidates, crop embeddings and the SAM masks depend only on the image, so they
 are computed once per image; each prompt then costs one text forward.
 """
 
@@ -142,9 +144,12 @@ class ClipProposer:
         crop_margin: float = 0.1,
         blank_background: bool = False,
         nms_threshold: float = 0.5,
+        crop_views: int = 1,
     ) -> None:
         if "{}" not in template:
             raise ValueError(f"template: expected a format string with '{{}}', got {template!r}")
+        if isinstance(crop_views, bool) or crop_views not in (1, 2, 4):
+            raise ValueError(f"crop_views: expected 1, 2 or 4, got {crop_views!r}")
         self.scorer = scorer
         self.segmenter = segmenter
         if auto_config is None:  # the segmenter's calibrated filters, else SAM's defaults
@@ -156,6 +161,7 @@ class ClipProposer:
         self.crop_margin = crop_margin
         self.blank_background = blank_background
         self.nms_threshold = nms_threshold
+        self.crop_views = int(crop_views)
 
     @classmethod
     def from_pretrained(
@@ -168,8 +174,8 @@ class ClipProposer:
     ) -> ClipProposer:
         """Load a CLIP registry name or folder (strict); ``segmenter`` defaults to sam-vit-base.
 
-        A ``grounded_seg.json`` in the model folder may set ``template``, ``background_texts``
-        and ``distractors`` calibrated for that model; ``kwargs`` override them."""
+        A ``grounded_seg.json`` in the model folder may set ``template``, ``background_texts``,
+        ``distractors`` and ``crop_views`` calibrated for that model; ``kwargs`` override them."""
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         model, parts = load_pretrained(
@@ -185,7 +191,7 @@ class ClipProposer:
         if segmenter is None:
             segmenter = SamSegmenter.from_pretrained(device=model.device, dtype=model.dtype)
         settings = read_model_settings(name_or_path, "clip_route", role="detector") or {}
-        unknown = set(settings) - {"template", "background_texts", "distractors"}
+        unknown = set(settings) - {"template", "background_texts", "distractors", "crop_views"}
         if unknown:
             raise ValueError(f"{name_or_path}: unknown clip_route settings {sorted(unknown)}")
         kwargs = {**settings, **kwargs}
@@ -205,12 +211,22 @@ class ClipProposer:
         return state.candidates
 
     def crop_embeddings(self, state: ClipImageState) -> torch.Tensor:
-        """CLIP embeddings ``(N, D)`` of the candidates' crops (computed once per image)."""
+        """CLIP embeddings ``(N, D)`` of the candidates' crops (computed once per image): with
+        ``crop_views`` > 1, the normalised mean over the crop's rotations."""
         if state.crop_embeddings is None:
             found = self.candidates(state)
             masks = found.masks if self.blank_background else None
             crops = crop_regions(state.image, found.xyxy, self.crop_margin, masks)
-            state.crop_embeddings = self.scorer.embed_images(crops)
+            if self.crop_views == 1:
+                state.crop_embeddings = self.scorer.embed_images(crops)
+            else:
+                turns = [k * 4 // self.crop_views for k in range(self.crop_views)]  # quarter turns
+                views = [
+                    self.scorer.embed_images([np.ascontiguousarray(np.rot90(c, t)) for c in crops])
+                    for t in turns
+                ]
+                mean = torch.stack(views).mean(dim=0)
+                state.crop_embeddings = torch.nn.functional.normalize(mean, dim=-1)
         return state.crop_embeddings
 
     def competing_texts(self, prompt: Prompt) -> tuple[str, ...]:

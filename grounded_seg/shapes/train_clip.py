@@ -280,7 +280,7 @@ def step_pairs(
     step: int,
     batch_size: int,
     pool: CandidatePool | None = None,
-    candidate_share: float = 0.0,
+    candidate_share: float = 0.75,
 ) -> tuple[list[np.ndarray], list[int], list[list[int]]]:
     """The training pairs of one step, a pure function of ``(seed, step)`` (and the pool).
 
@@ -545,7 +545,7 @@ def _check_int(name: str, value: Any, low: int) -> None:
 def train_shapes_clip(
     out_dir: str | os.PathLike,
     *,
-    steps: int = 1500,
+    steps: int = 3000,
     batch_size: int = 64,
     learning_rate: float = 2e-3,
     weight_decay: float = 0.1,
@@ -559,8 +559,8 @@ def train_shapes_clip(
     text_layers: int = 2,
     projection_dim: int = 64,
     sam: str = "shapes-sam",
-    candidate_scenes: int = 0,
-    candidate_share: float = 0.0,
+    candidate_scenes: int = 1000,
+    candidate_share: float = 0.75,
     device: str | torch.device | None = None,
     threads: int | None = 1,
     resume: bool = True,
@@ -996,7 +996,7 @@ def _pool_text(report: dict[str, Any]) -> str:
     sam = report.get("sam", {})
     digest = f", `model.safetensors` sha256 `{sam['sha256'][:16]}…`" if "sha256" in sam else ""
     return (
-        f"First, SAM's automatic mode (`{sam.get('name')}`{digest}, with its `grounded_seg.json`\n"
+        f"First, SAM's automatic mode (`{sam.get('name')}`{digest},\nwith its `grounded_seg.json` "
         f"settings, exactly as the CLIP route runs it) made {pool['candidates']:,} candidates on "
         f"{pool['scenes']:,} training\nscenes (`pool_seeds`) in {pool['seconds']:.0f} s; each "
         f"candidate whose mask overlaps a true object\nwith IoU >= {MATCH_IOU} is captioned with "
@@ -1011,10 +1011,11 @@ def _candidate_rows(m: dict[str, Any]) -> str:
     if "candidate_accuracy" not in m:
         return ""
     return (
-        f"| SAM candidates matching an object ({m['candidates']}): phrase right "
+        f"| SAM's candidates on these scenes that match an object ({m['candidates']}): "
+        "phrase right "
         f"| {m['candidate_accuracy']:.3f} |\n"
-        f"| SAM candidates matching an object: kept | {m['candidates_kept']:.3f} |\n"
-        f"| SAM candidates matching no object ({m['background_candidates']}): rejected "
+        f"| SAM's candidates that match an object: kept | {m['candidates_kept']:.3f} |\n"
+        f"| SAM's candidates that match no object ({m['background_candidates']}): rejected "
         f"| {m['candidate_background_rejection']:.3f} |\n"
     )
 
