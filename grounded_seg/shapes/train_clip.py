@@ -545,7 +545,7 @@ def _check_int(name: str, value: Any, low: int) -> None:
 def train_shapes_clip(
     out_dir: str | os.PathLike,
     *,
-    steps: int = 3000,
+    steps: int = 5000,
     batch_size: int = 64,
     learning_rate: float = 2e-3,
     weight_decay: float = 0.1,
