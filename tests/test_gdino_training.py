@@ -70,6 +70,8 @@ def test_collator_and_sample_reject_bad_input(parts):
         )
     with pytest.raises(ValueError, match="inside the 64x64 image"):
         GroundingSample(_image(), ("cat",), [[0, 0, 65, 10]], [0])
+    with pytest.raises(ValueError, match="inside the 64x64 image"):
+        GroundingSample(_image(), ("cat",), [[0, 0, float("nan"), 10]], [0])
     with pytest.raises(ValueError, match="indices in"):
         GroundingSample(_image(), ("cat",), [[0, 0, 5, 10]], [1])
     with pytest.raises(TypeError, match="uint8"):
@@ -269,3 +271,5 @@ def test_coco_samples_list_present_classes_and_negatives(tiny_gdino_dir, tmp_pat
     )
     moved = batch_to(a, torch.device("cpu"))
     assert moved["labels"][0]["boxes"].device.type == "cpu"
+    with pytest.raises(ValueError, match="caption tokens"):  # "red circle." spelt out: 8 tokens
+        CocoSamples(dataset, GroundingCollator(tokenizer, processor, 8), 2, 2, seed=0)

@@ -53,7 +53,8 @@ class GroundingSample:
             raise ValueError(f"labels: expected indices in [0, {len(self.classes)}), got {labels}")
         height, width = image.shape[:2]
         if len(boxes) and (
-            (boxes[:, 2:] <= boxes[:, :2]).any()
+            not np.isfinite(boxes).all()
+            or (boxes[:, 2:] <= boxes[:, :2]).any()
             or (boxes < 0).any()
             or (boxes[:, [0, 2]] > width).any()
             or (boxes[:, [1, 3]] > height).any()

@@ -264,6 +264,13 @@ class CocoSamples:
             len(tokenizer(name, add_special_tokens=False)["input_ids"]) + 1
             for name in dataset.classes
         ]
+        budget = collator.max_text_len - 2  # [CLS] and [SEP]
+        too_long = [n for n, c in zip(dataset.classes, self.cost, strict=True) if c > budget]
+        if too_long:
+            raise ValueError(
+                f"categories {too_long!r} take more than the model's {budget} caption tokens; "
+                "shorten their names"
+            )
 
     def sample(self, rng: np.random.Generator) -> GroundingSample:
         i = int(rng.integers(len(self.dataset.paths)))
@@ -279,6 +286,8 @@ class CocoSamples:
             if self.cost[c] <= budget:
                 kept.append(int(c))
                 budget -= self.cost[c]
+        if not kept:  # an image without annotations and negatives=0: name one absent class
+            kept = [int(rng.integers(len(self.dataset.classes)))]
         kept = [int(c) for c in rng.permutation(kept)]
         where = {c: k for k, c in enumerate(kept)}
         height, width = image.shape[:2]

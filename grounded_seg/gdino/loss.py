@@ -23,6 +23,7 @@ matcher and criterion classes and its documented ``model.loss_function`` hook:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 CLASS_WEIGHT = 2.0  # the model's own weight for loss_ce
 
 
+@functools.cache
 def _criterion_class() -> type:
     from transformers.loss.loss_grounding_dino import GroundingDinoImageLoss
 

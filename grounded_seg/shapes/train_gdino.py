@@ -290,8 +290,6 @@ def train_shapes_gdino(
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     torch_device = resolve_device(device)
-    if torch_device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # same arithmetic as the CPU
     config = TrainConfig(
         steps=steps,
         batch_size=batch_size,
