@@ -9,6 +9,7 @@
                  [--threads T] [--device DEV] [--batch-size B] [--workers W] [--stop-at STEP]
     grounded-seg demo ["red circle. blue square."] [--seed S] [-o demo.png]
                  [--proposer clip|grounding_dino]
+    grounded-seg convert SRC.pth DST_DIR [--tokenizer bert-base-uncased|DIR|vocab.txt]
     grounded-seg eval ANNOTATIONS [--images DIR] [--proposer ...] [--detector ...] [--segmenter ...]
                  [--device DEV] [--box-threshold 0.0] [--json out.json] [--max-images N]
 
@@ -100,6 +101,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-images", type=int, default=None, help="only the first N images")
     ev.add_argument("--json", dest="json_path", help="write the report here as JSON")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+
+    conv = sub.add_parser(
+        "convert", help="convert an official GroundingDINO / segment-anything .pth to a folder"
+    )
+    conv.add_argument("src", help="official checkpoint, e.g. groundingdino_swint_ogc.pth")
+    conv.add_argument("dst", help="new model folder (must not exist)")
+    conv.add_argument(
+        "--tokenizer",
+        default=None,
+        help="Grounding DINO's BERT tokenizer: hub id, folder or vocab.txt (default "
+        "$GROUNDED_SEG_BERT_TOKENIZER or bert-base-uncased)",
+    )
 
     train = sub.add_parser("train", help="train a model of the shapes world (reproducible)")
     train.add_argument("world", choices=["shapes"])
@@ -282,6 +295,19 @@ def detections_to_json(detections: sv.Detections, mask_files: Sequence[Path] = (
     return rows
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .official import convert_checkpoint, sha256_of
+
+    start = time.perf_counter()
+    digest = sha256_of(args.src)
+    kind = convert_checkpoint(args.src, args.dst, tokenizer=args.tokenizer, source_sha256=digest)
+    print(
+        f"converted {args.src} ({kind.family} {kind.variant}, sha256 {digest[:12]}...) to "
+        f"{args.dst} in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<22} {'role':<10} {'params':>7}  {'hub id':<36} description")
     for spec in list_models(args.role):
@@ -375,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_demo(args)
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "convert":
+            return _cmd_convert(args)
         return _cmd_segment(args)
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,6 +8,9 @@ For a registry name the folders below are searched first, then the Hugging Face 
 2. ``./weights/<name>`` in the current directory;
 3. ``<source checkout>/weights/<name>`` when grounded_seg runs from a clone of its repository.
 
+An official checkpoint file (``groundingdino_swint_ogc.pth``, ``sam_vit_h_4b8939.pth``...) is
+converted once to such a folder and cached (see ``grounded_seg.official``).
+
 Models the project trains itself (``shapes-*``) have no hub id: they ship in the checkout's
 ``weights/shapes/`` and are looked up there (``<dir>/shapes/<model>``) the same way.
 """
@@ -18,6 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from .official.checkpoint import OFFICIAL_SUFFIXES
 
 Family = Literal["grounding_dino", "sam", "clip"]
 Role = Literal["detector", "segmenter"]
@@ -206,6 +211,8 @@ def resolve_model(name_or_path: str | os.PathLike, role: Role) -> ModelSource:
     if path.exists() or (looks_like_path and not _is_registered(text)):
         if not path.exists():
             raise FileNotFoundError(f"{role}: no such file or folder: {text}")
+        if path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
+            return ModelSource(text, _official_model_dir(path, role), None)
         folder = path if path.is_dir() else path.parent
         return ModelSource(text, folder, None)
     spec = get_model_spec(text)
@@ -217,6 +224,26 @@ def resolve_model(name_or_path: str | os.PathLike, role: Role) -> ModelSource:
         if (candidate / "config.json").is_file():
             return ModelSource(text, candidate, spec)
     return ModelSource(text, None, spec)
+
+
+_ROLE_FAMILY = {"detector": "grounding_dino", "segmenter": "sam"}
+
+
+def _official_model_dir(path: Path, role: Role) -> Path:
+    """The converted (cached) model folder of an official ``.pth``, after checking its role."""
+    import json
+
+    from .errors import InvalidWeightsError
+    from .official import converted_model_dir
+
+    folder = converted_model_dir(path)
+    record = json.loads((folder / "grounded_seg.json").read_text())["converted_from"]
+    if record["family"] != _ROLE_FAMILY[role]:
+        raise InvalidWeightsError(
+            f"{role}: {path} is an official {record['family']} {record['variant']} checkpoint; "
+            f"the {role} needs a {_ROLE_FAMILY[role]} one"
+        )
+    return folder
 
 
 def _is_registered(name: str) -> bool:

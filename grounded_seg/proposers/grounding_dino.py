@@ -28,6 +28,7 @@ import torch
 
 from .._loading import load_pretrained
 from ..boxes import class_aware_nms, normalized_cxcywh_to_pixels
+from ..preprocessing import grounding_dino_pixels
 from ..prompts import Prompt, TextPass, class_scores, phrase_for, plan_text_passes
 from .base import Proposals
 
@@ -179,11 +180,21 @@ class GroundingDinoProposer:
         return next(self.model.parameters()).dtype
 
     def encode_image(self, image: np.ndarray) -> GroundingDinoImageState:
-        """Resize and normalise an RGB uint8 ``(H, W, 3)`` image (short side 800, long 1333)."""
-        inputs = self.image_processor(images=image, return_tensors="pt")
+        """Resize and normalise an RGB uint8 ``(H, W, 3)`` image as GroundingDINO does (short side
+        to the processor's ``shortest_edge``, e.g. 800, long side at most ``longest_edge``)."""
+        size = self.image_processor.size
+        pixels = grounding_dino_pixels(
+            image,
+            shortest=int(size["shortest_edge"]),
+            longest=int(size["longest_edge"]),
+            mean=self.image_processor.image_mean,
+            std=self.image_processor.image_std,
+        )
         return GroundingDinoImageState(
-            pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
-            pixel_mask=inputs["pixel_mask"].to(self.device),
+            pixel_values=pixels.to(self.device, self.dtype),
+            pixel_mask=torch.ones(
+                pixels.shape[:1] + pixels.shape[2:], dtype=torch.long, device=self.device
+            ),
             height=int(image.shape[0]),
             width=int(image.shape[1]),
         )

@@ -18,6 +18,7 @@ import torch
 
 from .._loading import load_pretrained
 from ..errors import InvalidWeightsError
+from ..preprocessing import sam_pixels
 from ..registry import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -116,12 +117,20 @@ class SamSegmenter:
         return next(self.model.parameters()).dtype
 
     def encode_image(self, image: np.ndarray) -> SamImageState:
-        """Preprocess an RGB uint8 ``(H, W, 3)`` image; the embedding is computed on first use."""
-        inputs = self.image_processor(images=image, return_tensors="pt")
+        """Preprocess an RGB uint8 ``(H, W, 3)`` image as segment-anything does (long side to the
+        processor's ``longest_edge``, normalised, zero-padded); the embedding comes on first use."""
+        processor = self.image_processor
+        pixels, reshaped = sam_pixels(
+            image,
+            long_side=int(processor.size["longest_edge"]),
+            pad_to=int(processor.pad_size["height"]),
+            mean=processor.image_mean,
+            std=processor.image_std,
+        )
         return SamImageState(
-            pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
-            original_size=tuple(int(v) for v in inputs["original_sizes"][0]),
-            reshaped_size=tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
+            pixel_values=pixels.to(self.device, self.dtype),
+            original_size=(int(image.shape[0]), int(image.shape[1])),
+            reshaped_size=reshaped,
         )
 
     @torch.inference_mode()
