@@ -222,6 +222,31 @@ def test_every_official_tensor_is_used_and_every_model_tensor_filled(
         assert round(float(value.double().sum()), 3) in mapped_sums, key
 
 
+def test_swin_b_checkpoint_is_recognised_and_fully_mapped(oracle_python, bert_dir, work):
+    checkpoint = work / "gd_swinb.pth"
+    run_oracle(
+        oracle_python,
+        *("gdino-save", "--bert", str(bert_dir), "--config", "GroundingDINO_SwinB_cfg.py"),
+        *("--checkpoint", str(checkpoint)),
+    )
+    source = load_official_state_dict(checkpoint)
+    kind, config, mapped = mapped_state_dict(source)
+    assert (kind.family, kind.variant) == ("grounding_dino", "swin-b")
+    backbone = config.backbone_config
+    assert (backbone.embed_dim, backbone.depths, backbone.num_heads, backbone.window_size) == (
+        128,
+        [2, 2, 18, 2],
+        [4, 8, 16, 32],
+        12,
+    )
+    q = mapped[
+        "model.backbone.conv_encoder.model.swin.encoder.layers.2.blocks.17.attention.q_proj.weight"
+    ]
+    qkv = source["backbone.0.layers.2.blocks.17.attn.qkv.weight"]
+    assert torch.equal(q, qkv[:512])  # the first third of the fused projection
+    checkpoint.unlink()
+
+
 # ---------------------------------------------------------------- SAM
 
 

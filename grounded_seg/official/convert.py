@@ -253,6 +253,27 @@ def convert_checkpoint(
 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        _write_folder(tmp, kind, config, mapped, tok, src, source_sha256)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(dst)
+    logger.info("converted %s (%s %s) to %s", src, kind.family, kind.variant, dst)
+    return kind
+
+
+def _write_folder(
+    tmp: Path,
+    kind: CheckpointKind,
+    config: Any,
+    mapped: dict[str, torch.Tensor],
+    tok: Any,
+    src: Path,
+    source_sha256: str | None,
+) -> None:
     config.save_pretrained(tmp)
     # tied tensors are stored once per name; clone so safetensors sees no shared storage
     seen: set[int] = set()
@@ -271,6 +292,3 @@ def convert_checkpoint(
     if source_sha256:
         record["sha256"] = source_sha256
     (tmp / "grounded_seg.json").write_text(json.dumps({"converted_from": record}, indent=2) + "\n")
-    tmp.rename(dst)
-    logger.info("converted %s (%s %s) to %s", src, kind.family, kind.variant, dst)
-    return kind

@@ -85,12 +85,12 @@ def sam_main(args: argparse.Namespace) -> None:
     torch.save(run_sam(SamPredictor(sam), image, boxes), args.out)
 
 
-def build_gdino(bert_dir: str, seed: int):
+def build_gdino(bert_dir: str, seed: int, config_name: str = "GroundingDINO_SwinT_OGC.py"):
     import groundingdino
     from groundingdino.models import build_model
     from groundingdino.util.slconfig import SLConfig
 
-    config = Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"
+    config = Path(groundingdino.__file__).parent / "config" / config_name
     cfg = SLConfig.fromfile(str(config))
     cfg.device = "cpu"
     cfg.text_encoder_type = bert_dir
@@ -185,6 +185,14 @@ def gdino_main(args: argparse.Namespace) -> None:
     torch.save(seen, args.out)
 
 
+def gdino_save_main(args: argparse.Namespace) -> None:
+    """Only build and save an official model of the given config (e.g. Swin-B), no inference."""
+    model = build_gdino(args.bert, args.seed, args.config)
+    torch.save(
+        {"model": {"module." + k: v for k, v in model.state_dict().items()}}, args.checkpoint
+    )
+
+
 def bert_main(args: argparse.Namespace) -> None:
     """A random BERT-base with the given WordPiece vocabulary, as a save_pretrained folder."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -208,6 +216,11 @@ def main() -> None:
     gd.add_argument("--predict-caption", default="black cat", help="two words, one class")
     gd.add_argument("--sam", help="also run Grounded-SAM: save a random SAM here")
     gd.add_argument("--sam-variant", default="vit_b")
+    save = sub.add_parser("gdino-save")
+    save.add_argument("--bert", required=True)
+    save.add_argument("--config", default="GroundingDINO_SwinB_cfg.py")
+    save.add_argument("--checkpoint", required=True)
+    save.add_argument("--seed", type=int, default=0)
     bert = sub.add_parser("bert")
     bert.add_argument("--vocab", required=True, help="bert-base-uncased's vocab.txt")
     bert.add_argument("--out", required=True)
@@ -218,7 +231,12 @@ def main() -> None:
         p.add_argument("--out", required=True)
         p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    {"sam": sam_main, "gdino": gdino_main, "bert": bert_main}[args.command](args)
+    {
+        "sam": sam_main,
+        "gdino": gdino_main,
+        "gdino-save": gdino_save_main,
+        "bert": bert_main,
+    }[args.command](args)
 
 
 if __name__ == "__main__":
