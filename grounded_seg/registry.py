@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .official.checkpoint import OFFICIAL_SUFFIXES
+from .official.checkpoint import is_official_checkpoint
 
 Family = Literal["grounding_dino", "sam", "clip"]
 Role = Literal["detector", "segmenter"]
@@ -211,7 +211,7 @@ def resolve_model(name_or_path: str | os.PathLike, role: Role) -> ModelSource:
     if path.exists() or (looks_like_path and not _is_registered(text)):
         if not path.exists():
             raise FileNotFoundError(f"{role}: no such file or folder: {text}")
-        if path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
+        if path.is_file() and is_official_checkpoint(path):
             return ModelSource(text, _official_model_dir(path, role), None)
         folder = path if path.is_dir() else path.parent
         return ModelSource(text, folder, None)

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -249,15 +250,11 @@ def convert_checkpoint(
     tok = _load_tokenizer(tokenizer) if kind.family == "grounding_dino" else None
     tmp = dst.with_name(dst.name + ".partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
         _write_folder(tmp, kind, config, mapped, tok, src, source_sha256)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     tmp.rename(dst)
