@@ -460,10 +460,11 @@ def markdown_table(results: dict[str, list[Sample]], boxes: dict[str, int]) -> s
     return "\n".join(lines)
 
 
-def write_results(path: Path, device_type: str, block: str) -> None:
-    """Replace this device type's block in ``path`` (or append it); keep everything else."""
-    begin = f"<!-- BEGIN e2e_cpu device={device_type} -->"
-    end = f"<!-- END e2e_cpu device={device_type} -->"
+def write_results(path: Path, device_type: str, block: str, name: str = "e2e_cpu") -> None:
+    """Replace script ``name``'s block for this device type in ``path`` (or append it); keep
+    everything else."""
+    begin = f"<!-- BEGIN {name} device={device_type} -->"
+    end = f"<!-- END {name} device={device_type} -->"
     new_block = f"{begin}\n{block.rstrip()}\n{end}"
     if path.is_file():
         text = path.read_text()

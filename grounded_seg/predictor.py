@@ -196,7 +196,7 @@ class GroundedSAM:
             self._proposer_state, normalized, box_threshold, text_threshold
         )
         if len(proposals) == 0:
-            logger.info("no box above %.2f for %r; SAM not run", box_threshold, normalized.caption)
+            logger.info("no box above %.4g for %r; SAM not run", box_threshold, normalized.caption)
             masks, mask_scores = np.zeros((0, height, width), bool), np.zeros(0, np.float32)
         elif proposals.masks is not None:  # the proposer's regions are SAM masks already
             masks, mask_scores = proposals.masks, proposals.mask_scores

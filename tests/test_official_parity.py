@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -92,16 +93,22 @@ def image(image_path) -> np.ndarray:
     return np.asarray(Image.open(image_path).convert("RGB"))
 
 
-@pytest.fixture(scope="module")
-def sam_oracle(oracle_python, work, image_path) -> tuple[Path, dict]:
-    checkpoint, out, boxes = work / "sam_vit_b.pth", work / "sam_out.pt", work / "boxes.json"
+def run_sam_oracle(oracle_python: str, work: Path, image_path: Path, variant: str):
+    """The official SAM of ``variant`` (random weights) saved as a .pth, and what it computed."""
+    checkpoint, out = work / f"sam_{variant}.pth", work / f"sam_{variant}_out.pt"
+    boxes = work / "boxes.json"
     boxes.write_text(SAM_BOXES)
     run_oracle(
         oracle_python,
-        *("sam", "--variant", "vit_b", "--checkpoint", str(checkpoint)),
+        *("sam", "--variant", variant, "--checkpoint", str(checkpoint)),
         *("--image", str(image_path), "--boxes", str(boxes), "--out", str(out)),
     )
     return checkpoint, torch.load(out, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def sam_oracle(oracle_python, work, image_path) -> tuple[Path, dict]:
+    return run_sam_oracle(oracle_python, work, image_path, "vit_b")
 
 
 @pytest.fixture(scope="module")
@@ -257,12 +264,13 @@ def test_sam_preprocessing_equals_official(sam_dir, sam_oracle, image):
     assert state.reshaped_size == (683, 1024)
 
 
-def test_sam_vit_b_matches_official(sam_dir, sam_oracle, image):
-    ref = sam_oracle[1]
-    segmenter = SamSegmenter.from_pretrained(sam_dir, device="cpu")
+def compare_sam(model_dir: Path, ref: dict, image: np.ndarray, name: str) -> None:
+    """grounded_seg's SAM on ``model_dir`` against the official run ``ref``: image embeddings,
+    masks, low-res logits from the same embeddings and boxes, predicted IoU."""
+    segmenter = SamSegmenter.from_pretrained(model_dir, device="cpu")
     state = segmenter.encode_image(image)
     embeddings = segmenter.image_embeddings(state)
-    assert max_diff(embeddings, ref["embeddings"], "SAM-B image embeddings") <= 1e-4
+    assert max_diff(embeddings, ref["embeddings"], f"{name} image embeddings") <= 1e-4
     boxes = np.array(json.loads(SAM_BOXES), np.float32)
     masks, scores = segmenter.segment(state, boxes)
     assert_masks_match(masks, ref["mask_logits"])
@@ -275,11 +283,29 @@ def test_sam_vit_b_matches_official(sam_dir, sam_oracle, image):
         out = segmenter.model(
             image_embeddings=embeddings, input_boxes=sam_boxes[None], multimask_output=False
         )
-    assert (
-        max_diff(out.pred_masks[0, :, 0], ref["low_res_logits"], "SAM-B low-res logits")
-        <= LOGIT_TOL
-    )
+    low_res = out.pred_masks[0, :, 0]
+    assert max_diff(low_res, ref["low_res_logits"], f"{name} low-res logits") <= LOGIT_TOL
     np.testing.assert_allclose(scores, ref["iou"].clamp(0, 1).numpy(), atol=1e-3)
+
+
+def test_sam_vit_b_matches_official(sam_dir, sam_oracle, image):
+    compare_sam(sam_dir, sam_oracle[1], image, "SAM-B")
+
+
+def test_sam_vit_h_matches_official(oracle_python, work, image_path, image):
+    """ViT-H (632M parameters, 32 blocks): recognised, converted, and the same answers."""
+    checkpoint, ref = run_sam_oracle(oracle_python, work, image_path, "vit_h")
+    dst = work / "sam_h_converted"
+    try:
+        assert detect_checkpoint(load_official_state_dict(checkpoint)).variant == "vit-h"
+        convert_checkpoint(checkpoint, dst)
+        config = json.loads((dst / "config.json").read_text())["vision_config"]
+        assert (config["hidden_size"], config["num_hidden_layers"]) == (1280, 32)
+        assert config["global_attn_indexes"] == [7, 15, 23, 31]
+        compare_sam(dst, ref, image, "SAM-H")
+    finally:  # 2.5 GB each
+        checkpoint.unlink(missing_ok=True)
+        shutil.rmtree(dst, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- Grounding DINO

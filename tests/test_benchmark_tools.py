@@ -1,0 +1,81 @@
+"""The measuring tools of ``benchmarks/vs_reference.py``: stage attribution and the output check.
+
+The benchmark's claims rest on these two: FLOPs and time land in the stage whose modules did the
+work, and "same outputs" really compares the pipelines' boxes and masks.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from _stages import StageMeter
+from vs_reference import Run, compare
+
+
+def test_stage_meter_counts_each_stage_exactly() -> None:
+    first, second, unused = torch.nn.Linear(16, 32), torch.nn.Linear(32, 8), torch.nn.Linear(4, 4)
+    meter = StageMeter({"first": [first], "second": [second], "unused": [unused]})
+    x = torch.randn(5, 16)
+    with meter.attached(), meter.counting_flops():
+        second(first(x))
+        second(first(x))
+    assert meter.flops == {
+        "first": 2 * (2 * 5 * 16 * 32),
+        "second": 2 * (2 * 5 * 32 * 8),
+        "unused": 0,
+    }
+    assert meter.seconds["first"] > 0 and meter.seconds["second"] > 0
+    assert meter.seconds["unused"] == 0
+    # detached: the hooks are gone, nothing more is recorded
+    before = dict(meter.seconds)
+    first(x)
+    assert meter.seconds == before
+    assert not first._forward_hooks and not first._forward_pre_hooks
+
+
+def test_stage_meter_without_counting_records_no_flops() -> None:
+    layer = torch.nn.Linear(8, 8)
+    meter = StageMeter({"layer": [layer]})
+    with meter.attached():
+        layer(torch.randn(2, 8))
+    assert meter.flops == {"layer": 0} and meter.seconds["layer"] > 0
+
+
+def _run(boxes: list[np.ndarray], masks: list[np.ndarray]) -> Run:
+    return Run(
+        seconds=1.0,
+        stages={},
+        flops=None,
+        peak_memory=0,
+        base_memory=0,
+        boxes=[len(b) for b in boxes],
+        outputs=list(zip(boxes, masks, strict=True)),
+    )
+
+
+def test_compare_matches_boxes_in_any_order_and_counts_mask_pixels() -> None:
+    h, w = 20, 30
+    boxes = np.array([[1, 2, 10, 12], [15, 5, 29, 19]], np.float32)
+    masks = np.zeros((2, h, w), bool)
+    masks[0, 2:12, 1:10] = True
+    masks[1, 5:19, 15:29] = True
+    ref_boxes, ref_masks = boxes[::-1].copy(), masks[::-1].copy()  # query order, not score order
+    ref_boxes[0, 2] = 29.5  # 0.5 px off
+    ref_boxes[0, 3] = 40.0  # beyond the image: clipped to its height, 20, i.e. 1 px off
+    same = compare(_run([boxes], [masks]), _run([ref_boxes], [ref_masks]))
+    assert same.same_counts and same.box_diff == 1.0 and same.pixels == 2 * h * w
+    assert same.pixels_differing == 0 and same.min_iou == 1.0 and same.pixels == 2 * h * w
+
+    ref_masks[1, 2, 1] = False  # one pixel of the first mask lost on the reference side
+    one_off = compare(_run([boxes], [masks]), _run([ref_boxes], [ref_masks]))
+    assert one_off.pixels_differing == 1
+    assert one_off.min_iou == (90 - 1) / 90
+
+    fewer = compare(_run([boxes], [masks]), _run([ref_boxes[:1]], [ref_masks[:1]]))
+    assert not fewer.same_counts and "differ" in fewer.line()
