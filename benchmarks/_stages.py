@@ -84,12 +84,23 @@ class StageMeter:
         """Count FLOPs (matmul, conv, attention: what ``FlopCounterMode`` knows) inside."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
+        # FlopCounterMode has no formula for the CPU flash-attention kernel that
+        # scaled_dot_product_attention runs on the CPU: without this, that attention counts 0
+        cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        mapping = {cpu_sdpa: _sdpa_flops} if cpu_sdpa is not None else {}
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
             self.counter = counter
             try:
                 yield
             finally:
                 self.counter = None
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *_args, out_shape=None, **_kwargs) -> int:
+    """Attention's two matmuls, as FlopCounterMode counts them for the GPU kernels."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def reset_peak_memory(device: torch.device) -> int:

@@ -79,3 +79,19 @@ def test_compare_matches_boxes_in_any_order_and_counts_mask_pixels() -> None:
 
     fewer = compare(_run([boxes], [masks]), _run([ref_boxes[:1]], [ref_masks[:1]]))
     assert not fewer.same_counts and "differ" in fewer.line()
+
+
+def test_attention_flops_are_counted_on_the_cpu() -> None:
+    """scaled_dot_product_attention on the CPU: its two matmuls, 4 * B * H * L * S * D."""
+
+    class Attention(torch.nn.Module):
+        def forward(self, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+
+    attention = Attention()
+    meter = StageMeter({"attention": [attention]})
+    q = torch.randn(2, 4, 128, 32)
+    for mode in (torch.inference_mode, torch.no_grad):
+        with mode(), meter.attached(), meter.counting_flops():
+            attention(q, torch.randn(128, 128))
+        assert meter.flops["attention"] == 4 * 2 * 4 * 128 * 128 * 32, mode
