@@ -31,7 +31,6 @@ from ..boxes import class_aware_nms, normalized_cxcywh_to_pixels
 from ..preprocessing import grounding_dino_pixels
 from ..prompts import Prompt, TextPass, class_scores, phrase_for, plan_text_passes
 from .base import Proposals
-from .deformable import use_point_major_deformable_attention
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +142,6 @@ class GroundingDinoProposer:
         image_processor: Any,
         nms_threshold: float = 0.5,
     ) -> None:
-        # same answers, less memory traffic than transformers' pure-PyTorch deformable attention
-        use_point_major_deformable_attention(model)
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
