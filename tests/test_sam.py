@@ -125,3 +125,40 @@ def test_tiny_real_sam_contract(tiny_sam_dir, scene):
     again, _ = segmenter.segment(state, np.array([[15, 10, 45, 40], [60, 50, 110, 80]]))
     np.testing.assert_array_equal(masks, again)
     assert segmenter.encoder_calls == 1
+
+
+def test_many_boxes_go_through_the_decoder_in_chunks_with_the_same_answers():
+    from transformers import SamImageProcessorPil
+
+    boxes = np.array([[i * 15, i * 10, i * 15 + 40, i * 10 + 30] for i in range(5)], np.float32)
+    image = np.zeros((120, 160, 3), np.uint8)
+    results = {}
+    for per_call in (2, 64):
+        segmenter = SamSegmenter(BoxPainter(), SamImageProcessorPil(), boxes_per_call=per_call)
+        results[per_call] = segmenter.segment(segmenter.encode_image(image), boxes)
+        seen = [tuple(b.shape) for b in segmenter.model.boxes_seen]
+        assert seen == ([(1, 2, 4), (1, 2, 4), (1, 1, 4)] if per_call == 2 else [(1, 5, 4)])
+        assert segmenter.model.encoder_calls == 1  # one embedding for every chunk
+    np.testing.assert_array_equal(results[2][0], results[64][0])
+    assert results[2][0].shape == (5, 120, 160) and results[2][0].any(axis=(1, 2)).all()
+    # the stand-in's IoU ramps over the boxes of each call: chunks restart it, so compare per call
+    np.testing.assert_allclose(results[2][1], [0.5, 1.0, 0.5, 1.0, 0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "8"])
+def test_boxes_per_call_is_checked(bad):
+    from transformers import SamImageProcessorPil
+
+    with pytest.raises(ValueError, match="boxes_per_call: expected an int >= 1"):
+        SamSegmenter(BoxPainter(), SamImageProcessorPil(), boxes_per_call=bad)
+
+
+def test_chunked_decoder_matches_one_call_on_a_real_sam(tiny_sam_dir, scene):
+    segmenter = SamSegmenter.from_pretrained(tiny_sam_dir, device="cpu")
+    state = segmenter.encode_image(scene)
+    boxes = np.array([[10, 5, 50, 45], [55, 45, 115, 85], [0, 0, 120, 90]], np.float32)
+    whole_masks, whole_scores = segmenter.segment(state, boxes)
+    segmenter.boxes_per_call = 1
+    masks, scores = segmenter.segment(state, boxes)
+    np.testing.assert_array_equal(masks, whole_masks)
+    np.testing.assert_allclose(scores, whole_scores, atol=1e-6)

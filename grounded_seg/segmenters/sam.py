@@ -78,10 +78,19 @@ class SamSegmenter:
     """
 
     def __init__(
-        self, model: torch.nn.Module, image_processor: Any, auto_mask: dict | None = None
+        self,
+        model: torch.nn.Module,
+        image_processor: Any,
+        auto_mask: dict | None = None,
+        boxes_per_call: int = 64,
     ) -> None:
+        if not isinstance(boxes_per_call, int) or boxes_per_call < 1:
+            raise ValueError(f"boxes_per_call: expected an int >= 1, got {boxes_per_call!r}")
         self.model = model
         self.image_processor = image_processor
+        # the mask decoder runs on a copy of the image embedding per box ((N, 256, 64, 64) for
+        # N boxes, ~4 MB each in fp32): more boxes than this go through it in several calls
+        self.boxes_per_call = boxes_per_call
         # automatic-mode filters calibrated for this model (None: segment-anything's defaults)
         self.auto_mask = dict(auto_mask or {})
         self.encoder_calls = 0  # how many images were embedded; lets callers check the cache
@@ -145,7 +154,7 @@ class SamSegmenter:
     def segment(
         self, state: SamImageState, boxes_xyxy: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One mask per box, all boxes in one decoder call.
+        """One mask per box, up to ``boxes_per_call`` boxes in one decoder call.
 
         ``boxes_xyxy`` is ``(N, 4)`` in pixels of the original image. Returns bool masks
         ``(N, H, W)`` at the original size and SAM's predicted IoU per mask, clipped to [0, 1].
@@ -156,14 +165,18 @@ class SamSegmenter:
             return np.zeros((0, height, width), bool), np.zeros(0, np.float32)
         embeddings = self.image_embeddings(state)
         input_boxes = torch.from_numpy(scale_boxes(boxes, state.original_size, state.reshaped_size))
-        outputs = self.model(
-            image_embeddings=embeddings,
-            input_boxes=input_boxes[None].to(self.device, self.dtype),
-            multimask_output=False,
-        )
-        masks = self.upscale_masks(outputs.pred_masks[0, :, 0], state)
-        scores = outputs.iou_scores[0, :, 0].float().clamp(0, 1).cpu().numpy()
-        return masks, scores.astype(np.float32)
+        masks, scores = [], []
+        for start in range(0, len(input_boxes), self.boxes_per_call):
+            outputs = self.model(
+                image_embeddings=embeddings,
+                input_boxes=input_boxes[None, start : start + self.boxes_per_call].to(
+                    self.device, self.dtype
+                ),
+                multimask_output=False,
+            )
+            masks.append(self.upscale_masks(outputs.pred_masks[0, :, 0], state))
+            scores.append(outputs.iou_scores[0, :, 0].float().clamp(0, 1).cpu().numpy())
+        return np.concatenate(masks), np.concatenate(scores).astype(np.float32)
 
     def upscale_masks(
         self, low_res_logits: torch.Tensor, state: SamImageState, chunk: int = 16
