@@ -15,6 +15,7 @@ boxes in one call, fp32, under ``torch.no_grad`` (which ``predict`` and ``predic
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -56,7 +57,7 @@ class Reference:
         bert = workdir / "bert"
         if not (bert / "config.json").is_file():
             official_runner.bert_main(
-                type("Args", (), {"vocab": req["vocab"], "out": str(bert), "seed": self.seed})
+                argparse.Namespace(vocab=req["vocab"], out=str(bert), seed=self.seed)
             )
         self.gdino = official_runner.build_gdino(str(bert), self.seed).to(self.device)
         self.gdino.requires_grad_(False)  # inference only (FlopCounterMode trips on leaf outputs)
@@ -94,6 +95,7 @@ class Reference:
 
     def calibrate(self, req: dict) -> dict:
         """A box threshold midway between the n-th and (n+1)-th best query of the prompt."""
+        import official_runner
         from groundingdino.util.inference import load_image, preprocess_caption
 
         _, image = load_image(req["image"])
@@ -101,9 +103,7 @@ class Reference:
             logits = self.gdino(
                 image[None].to(self.device), captions=[preprocess_caption(req["prompt"])]
             )["pred_logits"][0]
-        ranked = logits.sigmoid().max(-1).values.sort(descending=True).values.cpu()
-        n = int(req["boxes"])
-        return {"box_threshold": float((ranked[n - 1] + ranked[n]) / 2)}
+        return {"box_threshold": official_runner.midway_threshold(logits.sigmoid(), req["boxes"])}
 
     # ---- the timed path ----------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ The tables are printed and written into ``benchmarks/RESULTS.md`` (one block per
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -211,8 +212,6 @@ def run_grounded_seg(
     Default: the per-image cache, ``set_image`` when the image changes, ``predict`` per prompt.
     ``cold``: one ``segment(path, prompt, **cold)`` call per item instead (warm models).
     """
-    import contextlib
-
     from grounded_seg import segment
 
     meter = grounded_seg_meter(gs, device)

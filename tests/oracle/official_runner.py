@@ -103,6 +103,13 @@ def build_gdino(bert_dir: str, seed: int, config_name: str = "GroundingDINO_Swin
     return model
 
 
+def midway_threshold(probs: torch.Tensor, n: int) -> float:
+    """A box threshold midway between the n-th and (n+1)-th best query of ``probs`` ``(Q, T)``
+    (token probabilities), so that exactly ``n`` queries score above it."""
+    ranked = probs.max(-1).values.sort(descending=True).values.cpu()
+    return float((ranked[n - 1] + ranked[n]) / 2)
+
+
 def gdino_main(args: argparse.Namespace) -> None:
     import groundingdino.models.GroundingDINO.transformer as official_transformer
     from groundingdino.util.inference import load_image, predict, preprocess_caption
@@ -156,8 +163,7 @@ def gdino_main(args: argparse.Namespace) -> None:
     caption = preprocess_caption(args.predict_caption)
     with torch.no_grad():
         probs = model(image[None], captions=[caption])["pred_logits"][0].sigmoid()
-    ranked = probs.max(-1).values.sort(descending=True).values
-    box_threshold = float((ranked[args.boxes - 1] + ranked[args.boxes]) / 2)
+    box_threshold = midway_threshold(probs, args.boxes)
     best_words = probs[probs.max(-1).values.argmax(), 1:3]  # [CLS] w1 w2 . [SEP]
     text_threshold = float(best_words.mean())
     boxes, box_scores, phrases = predict(
