@@ -101,9 +101,12 @@ def load_model(
     config: Any,
     role: str,
     device: torch.device,
-    dtype: torch.dtype,
 ) -> ModelT:
-    """Load weights strictly (every tensor used, none missing); move to device/dtype; eval."""
+    """Load weights strictly (every tensor used, none missing) in float32; move to device; eval.
+
+    Half precision is not a cast of the weights: components run their forward passes under
+    autocast (``grounded_seg.devices.autocast``), so the weights stay float32.
+    """
     location, kwargs = _location(source)
     try:
         model, info = model_cls.from_pretrained(
@@ -134,7 +137,7 @@ def load_model(
             f"{role} {source.label!r}: the weights in {location} do not fit the model: {summary} "
             f"{info.get('error_msgs') or ''}".strip()
         )
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device).eval()
 
 
 def load_component(source: ModelSource, loader: Any, role: str, what: str) -> Any:
@@ -156,18 +159,16 @@ def load_pretrained(
     model_cls: type[ModelT],
     components: dict[str, Any],
     device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
 ) -> tuple[ModelT, dict[str, Any]]:
-    """Resolve a name or path, check its ``model_type``, load the model strictly on
-    ``device``/``dtype``, then each component (``{"tokenizer": AutoTokenizer, ...}``)."""
-    from .devices import resolve_device, resolve_dtype
+    """Resolve a name or path, check its ``model_type``, load the model strictly (float32) on
+    ``device``, then each component (``{"tokenizer": AutoTokenizer, ...}``)."""
+    from .devices import resolve_device
     from .registry import resolve_model
 
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
     source = resolve_model(name_or_path, role)
     config = load_config(source, model_type, role)
-    model = load_model(source, model_cls, config, role, torch_device, torch_dtype)
+    model = load_model(source, model_cls, config, role, torch_device)
     loaded = {
         what: load_component(source, loader, role, what.replace("_", " "))
         for what, loader in components.items()

@@ -56,7 +56,8 @@ def segment(
     from words to boxes, ``"grounding_dino"`` or ``"clip"``; ``detector`` names its model
     (``None``: ``grounding-dino-tiny`` / ``clip-vit-base-patch32``) and ``segmenter`` the SAM, as
     registry names or local folders; ``device`` is ``None`` (auto: cuda, mps, cpu) or explicit;
-    ``dtype`` is float32 unless float16/bfloat16 is asked for on CUDA.
+    ``dtype`` is float32 unless the bfloat16 (CUDA, CPU) or float16 (CUDA, MPS) fast path is
+    asked for: float32 weights, forward passes under autocast.
 
     The image, prompt and thresholds are validated before any model is loaded. The last pair of
     models stays loaded for the next call (``clear_model_cache()`` releases it). The result is

@@ -64,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--segmenter", default="sam-vit-base", help="registry name or folder")
     seg.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
-    seg.add_argument("--dtype", default=None, help="float32 (default); float16/bfloat16 on CUDA")
+    seg.add_argument(
+        "--dtype",
+        default=None,
+        help="float32 (default); bfloat16 (CUDA, CPU) or float16 (CUDA, MPS): autocast fast path",
+    )
     seg.add_argument("--box-threshold", type=float, default=0.35)
     seg.add_argument("--text-threshold", type=float, default=0.25)
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -93,7 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--detector", default=None, help="the proposer's model, name or folder")
     ev.add_argument("--segmenter", default="sam-vit-base", help="registry name or folder")
     ev.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
-    ev.add_argument("--dtype", default=None, help="float32 (default); float16/bfloat16 on CUDA")
+    ev.add_argument(
+        "--dtype",
+        default=None,
+        help="float32 (default); bfloat16 (CUDA, CPU) or float16 (CUDA, MPS): autocast fast path",
+    )
     ev.add_argument(
         "--box-threshold", type=float, default=0.0, help="0 (default) keeps every box, as AP wants"
     )

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from typing import Any
+
 import torch
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {
     "float32": torch.float32,
@@ -51,11 +57,22 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Return the model dtype: float32 by default; float16/bfloat16 only on an accelerator.
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 matmuls natively (AVX512-BF16 or AMX, through oneDNN)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
 
-    Half precision is an opt-in fast path for CUDA (float16 also for MPS); on the CPU it is slow and
-    less accurate, so asking for it there raises ``ValueError``.
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Return the model dtype: float32 by default; half precision is an opt-in fast path.
+
+    ``bfloat16`` is allowed on CUDA and on the CPU (where a CPU with AVX512-BF16 or AMX runs its
+    matmuls several times faster than float32; without them it is slow, and a warning says so);
+    ``float16`` on CUDA and MPS. Anything else raises ``ValueError``. Half precision changes the
+    answers by rounding: boxes move by a fraction of a pixel and masks by their edge pixels (the
+    test suite bounds both against float32 on trained models).
     """
     if dtype is None:
         return torch.float32
@@ -68,10 +85,29 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise TypeError(f"dtype: expected a str, torch.dtype or None, got {type(dtype).__name__}")
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype: expected float32, float16 or bfloat16, got {dtype}")
-    if dtype != torch.float32:
-        allowed = device.type == "cuda" or (device.type == "mps" and dtype == torch.float16)
-        if not allowed:
-            raise ValueError(
-                f"dtype {dtype} is an opt-in fast path for CUDA; on {device.type} use float32"
-            )
+    if dtype == torch.float16 and device.type not in ("cuda", "mps"):
+        raise ValueError(
+            f"dtype {dtype} is an opt-in fast path for CUDA and MPS; on {device.type} use "
+            "float32, or bfloat16"
+        )
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bfloat16():
+        logger.warning(
+            "bfloat16 on a CPU without AVX512-BF16/AMX is emulated and slower than float32"
+        )
+    if dtype == torch.bfloat16 and device.type == "mps":
+        raise ValueError("dtype torch.bfloat16 is not supported on mps; use float16 or float32")
     return dtype
+
+
+def autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
+    """The half-precision fast path: ``torch.autocast`` on ``device`` for bfloat16/float16.
+
+    Matmuls, linear layers and convolutions run in ``dtype``; reductions that lose accuracy in
+    half precision (softmax, layer norm) stay float32, and so do the weights. For ``None`` or
+    float32 this is a no-op context.
+    """
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -340,7 +340,7 @@ def test_fine_tuned_model_loads_strictly_and_differs_from_the_start(fine_tuned, 
     assert (out / REPORT_FILE).is_file()
     source = resolve_model(out, "detector")
     config = load_config(source, "clip", "clip model")
-    model = load_model(source, CLIPModel, config, "clip model", torch.device("cpu"), torch.float32)
+    model = load_model(source, CLIPModel, config, "clip model", torch.device("cpu"))
     start = CLIPModel.from_pretrained(tiny_clip_dir)
     assert not torch.equal(model.visual_projection.weight, start.visual_projection.weight)
     processor = AutoProcessor.from_pretrained(out)

@@ -306,7 +306,7 @@ def fine_tune_clip(
 
     torch_device = resolve_device(device)
     config = load_config(source, "clip", _ROLE)
-    clip = load_model(source, CLIPModel, config, _ROLE, torch_device, torch.float32)
+    clip = load_model(source, CLIPModel, config, _ROLE, torch_device)
     tokenizer = load_component(source, AutoTokenizer, _ROLE, "tokenizer")
     image_processor = load_component(source, AutoImageProcessor, _ROLE, "image processor")
     encoder = _Encoder(clip, tokenizer, image_processor, torch_device)

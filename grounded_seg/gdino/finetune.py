@@ -376,7 +376,6 @@ def fine_tune_grounding_dino(
         GroundingDinoForObjectDetection,
         {"tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor},
         device,
-        "float32",
     )
     network.config.auxiliary_loss = True
     collator = GroundingCollator(

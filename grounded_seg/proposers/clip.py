@@ -29,6 +29,7 @@ import torch
 from .._loading import load_pretrained
 from ..boxes import class_aware_nms
 from ..clip import projected_features
+from ..devices import autocast, resolve_device, resolve_dtype
 from ..prompts import Prompt
 from ..segmenters.sam import SamImageState, SamSegmenter, read_model_settings
 from ..segmenters.sam_auto import AutoMaskConfig, MaskCandidates, generate_candidates
@@ -42,8 +43,16 @@ DEFAULT_BACKGROUND_TEXTS = ("background", "a plain background", "a texture")
 class ClipScorer:
     """CLIP's two encoders and temperature: normalised embeddings and scaled similarities."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        image_processor: Any,
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
         self.model = model
+        # None: the weights' own dtype; bfloat16/float16: forward passes under autocast
+        self.compute_dtype = None if dtype is None else resolve_dtype(dtype, self.device)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.max_text_len = int(model.config.text_config.max_position_embeddings)
@@ -66,9 +75,9 @@ class ClipScorer:
                 images=list(images[start : start + batch_size]), return_tensors="pt"
             )
             pixels = inputs["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
-            chunks.append(
-                projected_features(self.model.get_image_features(pixel_values=pixels)).float()
-            )
+            with autocast(self.device, self.compute_dtype):
+                features = self.model.get_image_features(pixel_values=pixels)
+            chunks.append(projected_features(features).float())
         return torch.nn.functional.normalize(torch.cat(chunks), dim=-1).cpu()
 
     @torch.inference_mode()
@@ -81,11 +90,11 @@ class ClipScorer:
                     f"text {text!r} is {length} tokens; CLIP reads at most {self.max_text_len}"
                 )
         inputs = self.tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
-        features = projected_features(
-            self.model.get_text_features(
+        with autocast(self.device, self.compute_dtype):
+            output = self.model.get_text_features(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
             )
-        )
+        features = projected_features(output)
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
 
 
@@ -178,6 +187,7 @@ class ClipProposer:
         ``distractors`` and ``crop_views`` calibrated for that model; ``kwargs`` override them."""
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+        compute_dtype = resolve_dtype(dtype, resolve_device(device))
         model, parts = load_pretrained(
             name_or_path,
             "detector",
@@ -185,17 +195,18 @@ class ClipProposer:
             CLIPModel,
             {"tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor},
             device,
-            dtype,
         )
         tokenizer, image_processor = parts["tokenizer"], parts["image_processor"]
         if segmenter is None:
-            segmenter = SamSegmenter.from_pretrained(device=model.device, dtype=model.dtype)
+            segmenter = SamSegmenter.from_pretrained(device=model.device, dtype=compute_dtype)
         settings = read_model_settings(name_or_path, "clip_route", role="detector") or {}
         unknown = set(settings) - {"template", "background_texts", "distractors", "crop_views"}
         if unknown:
             raise ValueError(f"{name_or_path}: unknown clip_route settings {sorted(unknown)}")
         kwargs = {**settings, **kwargs}
-        return cls(ClipScorer(model, tokenizer, image_processor), segmenter, **kwargs)
+        return cls(
+            ClipScorer(model, tokenizer, image_processor, compute_dtype), segmenter, **kwargs
+        )
 
     def encode_image(self, image: np.ndarray) -> ClipImageState:
         """Keep the image and prepare SAM's input; candidates are made on the first prompt."""

@@ -28,9 +28,11 @@ import torch
 
 from .._loading import load_pretrained
 from ..boxes import class_aware_nms, normalized_cxcywh_to_pixels
+from ..devices import autocast, resolve_device, resolve_dtype
 from ..preprocessing import grounding_dino_pixels
 from ..prompts import Prompt, TextPass, class_scores, phrase_for, plan_text_passes
 from .base import Proposals
+from .deformable import sample_in_float32
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +143,17 @@ class GroundingDinoProposer:
         tokenizer: Any,
         image_processor: Any,
         nms_threshold: float = 0.5,
+        dtype: str | torch.dtype | None = None,
     ) -> None:
         self.model = model
+        # None: the weights' own dtype; bfloat16/float16: forward passes under autocast
+        self.compute_dtype = None if dtype is None else resolve_dtype(dtype, self.device)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.nms_threshold = nms_threshold
         self.max_text_len = int(model.config.max_text_len)
+        # deformable sampling stays float32 under half precision (see .deformable)
+        sample_in_float32(model)
 
     @classmethod
     def from_pretrained(
@@ -156,9 +163,14 @@ class GroundingDinoProposer:
         dtype: str | torch.dtype | None = None,
         nms_threshold: float = 0.5,
     ) -> GroundingDinoProposer:
-        """Load a registry name or a local folder (strict weights, clear errors)."""
+        """Load a registry name or a local folder (strict weights, clear errors).
+
+        ``dtype`` bfloat16/float16 is the opt-in fast path: float32 weights, forward passes under
+        autocast (see ``grounded_seg.devices.resolve_dtype`` for where each is allowed).
+        """
         from transformers import AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection
 
+        compute_dtype = resolve_dtype(dtype, resolve_device(device))
         model, parts = load_pretrained(
             name_or_path,
             "detector",
@@ -166,10 +178,11 @@ class GroundingDinoProposer:
             GroundingDinoForObjectDetection,
             {"tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor},
             device,
-            dtype,
         )
         tokenizer, image_processor = parts["tokenizer"], parts["image_processor"]
-        return cls(model, tokenizer, image_processor, nms_threshold=nms_threshold)
+        return cls(
+            model, tokenizer, image_processor, nms_threshold=nms_threshold, dtype=compute_dtype
+        )
 
     @property
     def device(self) -> torch.device:
@@ -209,7 +222,10 @@ class GroundingDinoProposer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the model for one pass: ``(Q, T)`` token logits and ``(Q, 4)`` normalised boxes."""
         input_ids = torch.tensor([text_pass.input_ids], device=self.device)
-        with _reuse_backbone(self.model, state.backbone_cache):
+        with (
+            _reuse_backbone(self.model, state.backbone_cache),
+            autocast(self.device, self.compute_dtype),
+        ):
             outputs = self.model(
                 pixel_values=state.pixel_values,
                 pixel_mask=state.pixel_mask,
@@ -217,7 +233,7 @@ class GroundingDinoProposer:
                 attention_mask=torch.ones_like(input_ids),
                 token_type_ids=torch.zeros_like(input_ids),
             )
-        return outputs.logits[0], outputs.pred_boxes[0]
+        return outputs.logits[0].float(), outputs.pred_boxes[0].float()
 
     def propose(
         self,

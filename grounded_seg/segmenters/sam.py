@@ -7,6 +7,7 @@ image by the SAM image processor's own ``post_process_masks``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from .._loading import load_pretrained
+from ..devices import autocast, resolve_device, resolve_dtype
 from ..errors import InvalidWeightsError
 from ..preprocessing import sam_pixels
 from ..registry import resolve_model
@@ -83,11 +85,14 @@ class SamSegmenter:
         image_processor: Any,
         auto_mask: dict | None = None,
         boxes_per_call: int = 64,
+        dtype: str | torch.dtype | None = None,
     ) -> None:
         if not isinstance(boxes_per_call, int) or boxes_per_call < 1:
             raise ValueError(f"boxes_per_call: expected an int >= 1, got {boxes_per_call!r}")
         self.model = model
         self.image_processor = image_processor
+        # None: the weights' own dtype; bfloat16/float16: forward passes under autocast
+        self.compute_dtype = None if dtype is None else resolve_dtype(dtype, self.device)
         # the mask decoder runs on a copy of the image embedding per box ((N, 256, 64, 64) for
         # N boxes, ~4 MB each in fp32): more boxes than this go through it in several calls
         self.boxes_per_call = boxes_per_call
@@ -102,9 +107,14 @@ class SamSegmenter:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> SamSegmenter:
-        """Load a registry name or a local folder (strict weights, clear errors)."""
+        """Load a registry name or a local folder (strict weights, clear errors).
+
+        ``dtype`` bfloat16/float16 is the opt-in fast path: float32 weights, forward passes under
+        autocast.
+        """
         from transformers import AutoImageProcessor, SamModel
 
+        compute_dtype = resolve_dtype(dtype, resolve_device(device))
         model, parts = load_pretrained(
             name_or_path,
             "segmenter",
@@ -112,10 +122,14 @@ class SamSegmenter:
             SamModel,
             {"image_processor": AutoImageProcessor},
             device,
-            dtype,
         )
         image_processor = parts["image_processor"]
-        return cls(model, image_processor, auto_mask=read_model_settings(name_or_path, "auto_mask"))
+        return cls(
+            model,
+            image_processor,
+            auto_mask=read_model_settings(name_or_path, "auto_mask"),
+            dtype=compute_dtype,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -124,6 +138,10 @@ class SamSegmenter:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The context the model runs in: autocast for a half ``compute_dtype``, else nothing."""
+        return autocast(self.device, self.compute_dtype)
 
     def encode_image(self, image: np.ndarray) -> SamImageState:
         """Preprocess an RGB uint8 ``(H, W, 3)`` image as segment-anything does (long side to the
@@ -146,7 +164,8 @@ class SamSegmenter:
     def image_embeddings(self, state: SamImageState) -> torch.Tensor:
         """The image embedding, computed once per state."""
         if state.embeddings is None:
-            state.embeddings = self.model.get_image_embeddings(state.pixel_values)
+            with self.autocast():
+                state.embeddings = self.model.get_image_embeddings(state.pixel_values)
             self.encoder_calls += 1
         return state.embeddings
 
@@ -167,13 +186,14 @@ class SamSegmenter:
         input_boxes = torch.from_numpy(scale_boxes(boxes, state.original_size, state.reshaped_size))
         masks, scores = [], []
         for start in range(0, len(input_boxes), self.boxes_per_call):
-            outputs = self.model(
-                image_embeddings=embeddings,
-                input_boxes=input_boxes[None, start : start + self.boxes_per_call].to(
-                    self.device, self.dtype
-                ),
-                multimask_output=False,
-            )
+            with self.autocast():
+                outputs = self.model(
+                    image_embeddings=embeddings,
+                    input_boxes=input_boxes[None, start : start + self.boxes_per_call].to(
+                        self.device, self.dtype
+                    ),
+                    multimask_output=False,
+                )
             masks.append(self.upscale_masks(outputs.pred_masks[0, :, 0], state))
             scores.append(outputs.iou_scores[0, :, 0].float().clamp(0, 1).cpu().numpy())
         return np.concatenate(masks), np.concatenate(scores).astype(np.float32)

@@ -143,12 +143,15 @@ def generate_candidates(
     logits_kept, scores_kept, stability_kept = [], [], []
     for start in range(0, len(scaled), config.points_per_batch):
         batch = torch.from_numpy(scaled[start : start + config.points_per_batch])
-        outputs = segmenter.model(
-            image_embeddings=embeddings,
-            input_points=batch[None, :, None, :].to(segmenter.device, segmenter.dtype),
-            input_labels=torch.ones(1, len(batch), 1, dtype=torch.long, device=segmenter.device),
-            multimask_output=True,
-        )
+        with segmenter.autocast():
+            outputs = segmenter.model(
+                image_embeddings=embeddings,
+                input_points=batch[None, :, None, :].to(segmenter.device, segmenter.dtype),
+                input_labels=torch.ones(
+                    1, len(batch), 1, dtype=torch.long, device=segmenter.device
+                ),
+                multimask_output=True,
+            )
         logits = outputs.pred_masks[0].float().flatten(0, 1)  # (P * 3, h, w)
         iou = outputs.iou_scores[0].float().flatten()  # (P * 3,)
         stability = stability_score(logits, config.stability_score_offset)

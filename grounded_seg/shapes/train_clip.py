@@ -465,7 +465,6 @@ def evaluate_shapes_clip(
         CLIPModel,
         {"tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor},
         device or "cpu",
-        torch.float32,
     )
     return evaluate_scorer(
         ClipScorer(model.eval(), parts["tokenizer"], parts["image_processor"]), seeds
