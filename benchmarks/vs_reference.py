@@ -106,6 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=HERE / "out" / "vs_reference")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument(
+        "--fast",
+        default="bfloat16",
+        help="also time grounded_seg's half-precision fast path with this dtype (autocast; "
+        "default bfloat16; 'none' to skip)",
+    )
+    parser.add_argument(
         "--peak-tflops",
         type=float,
         help="the device's nominal peak (TFLOP/s) to compare with; default: a measured matmul",
@@ -116,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     if not set(args.cases) <= {1, 2, 3, 4, 5}:
         parser.error(f"--cases: expected numbers 1 to 5, got {args.cases}")
+    args.fast = None if args.fast.strip().lower() in ("", "none", "float32", "fp32") else args.fast
     if args.repeats < 1:
         parser.error(f"--repeats: expected at least 1, got {args.repeats}")
     if not args.oracle_python or not Path(args.oracle_python).is_file():
@@ -336,15 +343,15 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def measured_matmul_tflops(device: Any, repeats: int = 5) -> float:
-    """Dense fp32 matmul throughput on this device and thread count (the practical ceiling):
-    the median of ``repeats`` products of two 4096 x 4096 (CPU) or 8192 x 8192 matrices, after
-    two untimed ones."""
+def measured_matmul_tflops(device: Any, repeats: int = 5, dtype: Any = None) -> float:
+    """Dense matmul throughput (fp32 unless ``dtype``) on this device and thread count (the
+    practical ceiling): the median of ``repeats`` products of two 4096 x 4096 (CPU) or
+    8192 x 8192 matrices, after two untimed ones."""
     import torch
 
     n = 4096 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     sync = synchronizer(device)
     times = []
     for _ in range(repeats + 2):
@@ -458,15 +465,36 @@ def run(args: argparse.Namespace) -> int:
             sam_h = ref.call("sam", variant="vit_h", workdir=str(workdir))["checkpoint"]
             pipelines["vit_h"] = GroundedSAM(detector=gs.proposer, segmenter=sam_h, device=device)
 
+        fast_pipelines = {}
+        if args.fast:
+            fast_pipelines["vit_b"] = GroundedSAM(
+                detector=detector, segmenter=segmenter, device=device, dtype=args.fast
+            )
+            if 2 in cases:
+                fast_pipelines["vit_h"] = GroundedSAM(
+                    detector=fast_pipelines["vit_b"].proposer,
+                    segmenter=sam_h,
+                    device=device,
+                    dtype=args.fast,
+                )
+
         logger.info("warm-up")
         for sam, pipeline in pipelines.items():
             run_reference(ref, one, sam, workdir / "warmup.npz")
             run_grounded_seg(pipeline, one, device)
+            if sam in fast_pipelines:
+                run_grounded_seg(fast_pipelines[sam], one, device)
         if 3 in cases:
             run_grounded_seg(gs, one, device, cold=cold)
 
         peak = args.peak_tflops or measured_matmul_tflops(device)
         logger.info("dense fp32 matmul: %.3f TFLOP/s", peak)
+        fast_peak = None
+        if args.fast:
+            from grounded_seg.devices import resolve_dtype
+
+            fast_peak = measured_matmul_tflops(device, dtype=resolve_dtype(args.fast, device))
+            logger.info("dense %s matmul: %.3f TFLOP/s", args.fast, fast_peak)
         logger.info("counting FLOPs")
         flop_runs = {}
         for sam, pipeline in pipelines.items():
@@ -481,6 +509,9 @@ def run(args: argparse.Namespace) -> int:
             runs: dict[str, list[Run]] = {"reference": [], "grounded_seg": []}
             if case.get("cold"):
                 runs["grounded_seg, cold segment() calls"] = []
+            fast_name = f"grounded_seg {args.fast} (fast path)"
+            if case["sam"] in fast_pipelines:
+                runs[fast_name] = []
             pipeline = pipelines[case["sam"]]
             for repeat in range(args.repeats):
                 order = list(runs) if repeat % 2 == 0 else list(reversed(runs))
@@ -490,6 +521,9 @@ def run(args: argparse.Namespace) -> int:
                         runs[name].append(run_reference(ref, case["items"], case["sam"], out))
                     elif name == "grounded_seg":
                         runs[name].append(run_grounded_seg(pipeline, case["items"], device))
+                    elif name == fast_name:
+                        fast = fast_pipelines[case["sam"]]
+                        runs[name].append(run_grounded_seg(fast, case["items"], device))
                     else:
                         runs[name].append(
                             run_grounded_seg(pipeline, case["items"], device, cold=cold)
@@ -500,7 +534,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         ref.close()
 
-    block = report(args, device, cases, results, flop_runs, peak, info_ref, load_seconds)
+    block = report(
+        args, device, cases, results, flop_runs, (peak, fast_peak), info_ref, load_seconds
+    )
     block += f"\n- total wall time of the script: {time.perf_counter() - script_start:.0f} s\n"
     print(block)
     write_results(args.results, device.type, block, name="vs_reference")
@@ -529,7 +565,44 @@ def target_lines(device: Any, results: dict[int, dict[str, list[Run]]]) -> list[
     return lines
 
 
-def report(args, device, cases, results, flop_runs, peak, info_ref, load_seconds) -> str:
+def fast_path_lines(
+    dtype: str, results: dict[int, dict[str, list[Run]]], flop_runs: dict, fast_peak: float
+) -> list[str]:
+    """The fast path against the reference, and its SAM encoder against the dense half-precision
+    matmul rate (the FLOPs are those of the fp32 pass: autocast changes the precision, not the
+    arithmetic)."""
+    name = f"grounded_seg {dtype} (fast path)"
+    lines = []
+    for number, runs in results.items():
+        if name not in runs or not runs[name][-1].outputs:
+            continue
+        ref = median([r.seconds for r in runs["reference"]])
+        fast = median([r.seconds for r in runs[name]])
+        fp32 = median([r.seconds for r in runs["grounded_seg"]])
+        same = compare(runs[name][-1], runs["grounded_seg"][-1]).line()
+        lines.append(
+            f"- fast path, case {number}: {ref / fast:.2f}x the reference fp32, {fp32 / fast:.2f}x "
+            f"grounded_seg fp32; against grounded_seg fp32: {same}"
+        )
+    for sam, (ours_flops, _) in flop_runs.items():
+        number = 2 if sam == "vit_h" else 1
+        if number not in results or name not in results[number]:
+            continue
+        stage = "sam image encoder"
+        seconds = median([r.stages[stage] for r in results[number][name]])
+        flops = (ours_flops.flops or {}).get(stage, 0)
+        if seconds > 0 and flops:
+            rate = flops / seconds / 1e12
+            lines.append(
+                f"- fast path, case {number} SAM encoder: {flops / 1e9:,.1f} GFLOP in "
+                f"{seconds:.3f} s = {rate:.3f} TFLOP/s, {100 * rate / fast_peak:.0f}% of the "
+                f"measured dense {dtype} matmul ({fast_peak:.2f} TFLOP/s)"
+            )
+    return lines
+
+
+def report(args, device, cases, results, flop_runs, peaks, info_ref, load_seconds) -> str:
+    peak, fast_peak = peaks
     ours_versions = ", ".join(f"{k} {v}" for k, v in versions().items())
     ref_versions = ", ".join(f"{k} {v}" for k, v in info_ref.items())
     peak_source = "nominal, --peak-tflops" if args.peak_tflops else "measured: dense fp32 matmul"
@@ -580,6 +653,8 @@ def report(args, device, cases, results, flop_runs, peak, info_ref, load_seconds
                 f"| | per-image cache vs cold `segment()` | | | | {cold / cached:.2f}x | | | |"
             )
     lines += ["", *target_lines(device, results)]
+    if args.fast:
+        lines += fast_path_lines(args.fast, results, flop_runs, fast_peak)
     for sam, (ours_flops, ref_flops) in flop_runs.items():
         number = 2 if sam == "vit_h" else 1
         if number not in results:
