@@ -623,6 +623,7 @@ def report(args, device, cases, results, flop_runs, peaks, info_ref, load_second
         f"- inputs: {BATCH} synthetic 1200x800 PNG images (decoded by each pipeline), prompts "
         f"`{PROMPT}` and {', '.join(f'`{p}`' for p in FIVE_PROMPTS[1:])}; box thresholds "
         f"calibrated on the reference so that {N_BOXES} boxes reach SAM; fp32"
+        + (f" (the fast-path rows: {args.fast} autocast, float32 weights)" if args.fast else "")
         + (f"; {args.threads} torch threads in each process" if device.type == "cpu" else ""),
         f"- statistics: median (min, max) of {args.repeats} timed runs per pipeline, alternating, "
         "after one warm-up run of each; speed-up = reference median / grounded_seg median",
