@@ -162,3 +162,45 @@ def test_chunked_decoder_matches_one_call_on_a_real_sam(tiny_sam_dir, scene):
     masks, scores = segmenter.segment(state, boxes)
     np.testing.assert_array_equal(masks, whole_masks)
     np.testing.assert_allclose(scores, whole_scores, atol=1e-6)
+
+
+def test_contiguous_rel_pos_bias_is_the_decomposed_formula_and_changes_nothing():
+    """The contiguous bias builder (installed by SamSegmenter) returns exactly
+    q . R_h[qh - kh] + q . R_w[qw - kw] in a contiguous tensor, and the image embedding stays
+    bit-identical to transformers' own builder."""
+    from transformers import SamModel
+
+    from grounded_seg.segmenters.rel_pos import contiguous_rel_pos
+
+    from tiny_models import tiny_sam_config
+
+    torch.manual_seed(0)
+    model = SamModel(tiny_sam_config()).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "rel_pos" in name:  # zeros at init: make the bias matter
+                param.normal_()
+    pixels = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        before = model.get_image_embeddings(pixels)
+    assert contiguous_rel_pos(model) == 2  # one attention per layer of the tiny encoder
+    assert contiguous_rel_pos(model) == 2  # idempotent
+    with torch.inference_mode():
+        after = model.get_image_embeddings(pixels)
+    assert torch.equal(before, after)
+
+    attention = model.vision_encoder.layers[1].attn  # global attention over the 16 x 16 grid
+    size, dim = 16, attention.rel_pos_h.shape[1]
+    query = torch.randn(2, size * size, dim)
+    with torch.no_grad():
+        bias = attention.get_decomposed_rel_pos(
+            query, attention.rel_pos_h, attention.rel_pos_w, (size, size), (size, size)
+        )
+        assert bias.shape == (2, size, size, size, size) and bias.is_contiguous()
+        grid = query.reshape(2, size, size, dim)
+        for b, qh, qw, kh, kw in [(0, 0, 0, 0, 0), (1, 3, 7, 15, 2), (0, 15, 15, 0, 0)]:
+            expected = (
+                grid[b, qh, qw] @ attention.rel_pos_h[qh - kh + size - 1]
+                + grid[b, qh, qw] @ attention.rel_pos_w[qw - kw + size - 1]
+            )
+            torch.testing.assert_close(bias[b, qh, qw, kh, kw], expected, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ from ..devices import autocast, resolve_device, resolve_dtype
 from ..errors import InvalidWeightsError
 from ..preprocessing import sam_pixels
 from ..registry import resolve_model
+from .rel_pos import contiguous_rel_pos
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class SamSegmenter:
             raise ValueError(f"boxes_per_call: expected an int >= 1, got {boxes_per_call!r}")
         self.model = model
         self.image_processor = image_processor
+        contiguous_rel_pos(model)  # the same bias, built without a second copy (see .rel_pos)
         # None: the weights' own dtype; bfloat16/float16: forward passes under autocast
         self.compute_dtype = None if dtype is None else resolve_dtype(dtype, self.device)
         # the mask decoder runs on a copy of the image embedding per box ((N, 256, 64, 64) for
