@@ -9,7 +9,11 @@ import torch
 
 from grounded_seg import GroundedSAM
 from grounded_seg.devices import autocast, resolve_dtype
-from grounded_seg.proposers.deformable import Float32Sampling, sample_in_float32
+from grounded_seg.proposers.deformable import (
+    Float32Sampling,
+    PointMajorDeformableAttention,
+    install_deformable_sampler,
+)
 from grounded_seg.segmenters.sam import SamSegmenter
 from grounded_seg.shapes import HELD_OUT_SEEDS, PHRASES
 from grounded_seg.shapes.world import make_scene
@@ -36,7 +40,11 @@ def test_deformable_sampling_in_float32_returns_the_exact_bilinear_answer():
 
     width = 152
     xs = [0.25 + k / 997 for k in range(50)]  # sub-pixel positions across the middle of the level
-    wrapped = Float32Sampling(MultiScaleDeformableAttention())
+    for kernel in (MultiScaleDeformableAttention(), PointMajorDeformableAttention()):
+        check_ramp(Float32Sampling(kernel), width, xs)
+
+
+def check_ramp(wrapped: Float32Sampling, width: int, xs: list[float]) -> None:
     # float32 passes straight through: exactly u * width - 0.5 on the ramp
     out32 = wrapped(*ramp_sampling(width, xs, torch.float32))
     torch.testing.assert_close(out32[0, :, 0], torch.tensor(xs) * width - 0.5)
@@ -72,26 +80,26 @@ def test_deformable_sampling_in_bfloat16_equals_float32_sampling_rounded():
             64,
         )
 
-    sampler = MultiScaleDeformableAttention()
-    expected = sampler(*call(torch.float32))
-    got = Float32Sampling(sampler)(*call(torch.bfloat16))
+    expected = MultiScaleDeformableAttention()(*call(torch.float32))
+    got = Float32Sampling(MultiScaleDeformableAttention())(*call(torch.bfloat16))
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, expected.bfloat16(), atol=0, rtol=0)
+    # the installed kernel: float32 summation order aside, the same rounded answer
+    got = Float32Sampling(PointMajorDeformableAttention())(*call(torch.bfloat16))
+    torch.testing.assert_close(got.float(), expected, atol=2e-2, rtol=1e-2)
 
 
-def test_sample_in_float32_wraps_every_sampler_once_and_keeps_the_state_dict(tiny_gdino_dir):
+def test_installer_wraps_every_kernel_once_and_keeps_the_state_dict(tiny_gdino_dir):
     from transformers import GroundingDinoForObjectDetection
 
     model = GroundingDinoForObjectDetection.from_pretrained(tiny_gdino_dir)
     keys = list(model.state_dict())
     layers = model.config.encoder_layers + model.config.decoder_layers
-    assert sample_in_float32(model) == layers
-    assert sample_in_float32(model) == layers  # idempotent: no wrapper around a wrapper
-    assert not any(
-        isinstance(m.inner, Float32Sampling)
-        for m in model.modules()
-        if isinstance(m, Float32Sampling)
-    )
+    assert install_deformable_sampler(model) == layers
+    assert install_deformable_sampler(model) == layers  # idempotent: no wrapper around a wrapper
+    wrappers = [m for m in model.modules() if isinstance(m, Float32Sampling)]
+    assert len(wrappers) == layers
+    assert all(isinstance(m.inner, PointMajorDeformableAttention) for m in wrappers)
     assert list(model.state_dict()) == keys
     with pytest.raises(ValueError, match=r"parameter-free"):
         Float32Sampling(torch.nn.Linear(2, 2))

@@ -1,16 +1,25 @@
-"""Grounding DINO's deformable-attention sampling, kept in float32 under half precision.
+"""Grounding DINO's multi-scale deformable attention: a leaner kernel, float32 under autocast.
 
-Deformable attention reads the value maps at fractional positions with ``grid_sample``. In
-bfloat16 the position itself is rounded to 8 significant bits before it is turned into a pixel
-index: on a 150-pixel-wide level, sampling positions land up to half a pixel off, and the CPU
-kernel's bfloat16 path returns values several units away from the float32 answer on the same
-inputs (measured: max abs error 5.8 on unit-variance values). The enhancer then overflows
-(``inf``/``nan`` after one layer) and no box survives.
+Two things are installed on every deformable-attention kernel module of a Grounding DINO model
+(:func:`install_deformable_sampler`; parameter-free modules, so the state dict is unchanged):
 
-:func:`sample_in_float32` wraps each sampling module (``MultiScaleDeformableAttention``, no
-parameters) so that its floating inputs are cast to float32 and its output back to the caller's
-dtype. The projections around it (value, offsets, weights, output) stay in the model's dtype, so
-the fast path keeps its speed; in float32 the wrapper does nothing but pass the call through.
+1. :class:`PointMajorDeformableAttention`, the same sum as transformers' pure-PyTorch
+   ``MultiScaleDeformableAttention`` with less memory traffic. transformers samples every level
+   with ``grid_sample`` into a ``(B*heads, C, queries, points)`` tensor, stacks the levels into
+   one ``(B*heads, C, queries, levels*points)`` tensor and multiplies it by the attention weights
+   before summing: on 800 x 1200 images ~330 MB written and read three times per enhancer
+   layer. Here the sampling grid is laid out points-major, ``(B*heads, points, queries, 2)``, so
+   each level's samples come back as ``(B*heads, C, points, queries)`` and the weighting is
+   ``points`` fused multiply-adds on contiguous ``(B*heads, C, queries)`` slices, accumulated in
+   place. Same outputs up to float32 summation order (~5e-7 on unit-scale values); one enhancer
+   layer's call on 2 CPU threads: 0.497 s -> 0.373 s.
+2. :class:`Float32Sampling` around it: under bfloat16 autocast the sampling positions would be
+   rounded to 8 significant bits before they become pixel indices (half a pixel off on a
+   150-pixel-wide level), and torch's CPU bfloat16 ``grid_sample`` returns nan or errors above 1
+   on unit-variance maps; the enhancer then overflows and no box survives. The floating inputs
+   are cast to float32 and the output back to the caller's dtype; in float32 it only passes the
+   call through. The projections around the kernel (value, offsets, weights, output) keep the
+   fast path's precision.
 """
 
 from __future__ import annotations
@@ -18,8 +27,65 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn import functional
 
 SAMPLER_CLASS_NAME = "MultiScaleDeformableAttention"
+
+
+class PointMajorDeformableAttention(nn.Module):
+    """Drop-in for transformers' ``MultiScaleDeformableAttention`` (same forward signature).
+
+    ``value``: ``(B, sum(H_l * W_l), heads, C)``; ``sampling_locations``: ``(B, queries, heads,
+    levels, points, 2)`` as (x, y) in [0, 1] of each level's map; ``attention_weights``: ``(B,
+    queries, heads, levels, points)``. Returns ``(B, queries, heads * C)``. Points outside a map
+    sample zeros (bilinear, ``align_corners=False``), as ``grid_sample`` does.
+    """
+
+    def forward(
+        self,
+        value: torch.Tensor,
+        value_spatial_shapes: torch.Tensor,
+        value_spatial_shapes_list: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+        im2col_step: int,
+    ) -> torch.Tensor:
+        batch, _, heads, channels = value.shape
+        queries = sampling_locations.shape[1]
+        points = sampling_locations.shape[4]
+        levels = value.split([h * w for h, w in value_spatial_shapes_list], dim=1)
+        # (B, Q, heads, L, P, 2) -> (B*heads, L, P, Q, 2); weights -> (B*heads, L, P, Q)
+        grids = (2 * sampling_locations - 1).permute(0, 2, 3, 4, 1, 5).flatten(0, 1)
+        weights = attention_weights.permute(0, 2, 3, 4, 1).flatten(0, 1)
+        output = None
+        for level, (height, width) in enumerate(value_spatial_shapes_list):
+            level_value = (
+                levels[level]
+                .flatten(2)
+                .transpose(1, 2)
+                .reshape(batch * heads, channels, height, width)
+            )
+            sampled = functional.grid_sample(  # (B*heads, C, P, Q)
+                level_value,
+                grids[:, level],
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=False,
+            )
+            level_weights = weights[:, level, :, None]  # (B*heads, P, 1, Q)
+            for point in range(points):
+                if output is None:
+                    output = sampled[:, :, point] * level_weights[:, point]
+                else:
+                    output = output.addcmul_(sampled[:, :, point], level_weights[:, point])
+        if output is None:
+            raise ValueError(
+                f"expected at least one level and one sampling point, got "
+                f"{len(value_spatial_shapes_list)} levels and {points} points"
+            )
+        return output.view(batch, heads * channels, queries).transpose(1, 2).contiguous()
 
 
 class Float32Sampling(torch.nn.Module):
@@ -50,21 +116,22 @@ def _is_float(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point()
 
 
-def sample_in_float32(model: torch.nn.Module) -> int:
-    """Wrap every deformable sampling module of ``model`` in :class:`Float32Sampling`.
+def install_deformable_sampler(model: torch.nn.Module) -> int:
+    """Replace every transformers ``MultiScaleDeformableAttention`` kernel module of ``model``
+    with ``Float32Sampling(PointMajorDeformableAttention())``.
 
-    Idempotent; the state dict is unchanged (the wrapped modules hold no tensors). Returns how
-    many modules are wrapped after the call (12 for Grounding DINO Swin-T: 6 enhancer layers,
+    Idempotent; the state dict is unchanged (the kernels hold no tensors). Returns how many
+    kernels are installed after the call (12 for Grounding DINO Swin-T: 6 enhancer layers,
     6 decoder layers).
     """
-    wrapped = 0
+    installed = 0
     for parent in list(model.modules()):
         if isinstance(parent, Float32Sampling):
             continue
         for name, child in list(parent.named_children()):
             if isinstance(child, Float32Sampling):
-                wrapped += 1
+                installed += 1
             elif type(child).__name__ == SAMPLER_CLASS_NAME:
-                setattr(parent, name, Float32Sampling(child))
-                wrapped += 1
-    return wrapped
+                setattr(parent, name, Float32Sampling(PointMajorDeformableAttention()))
+                installed += 1
+    return installed
