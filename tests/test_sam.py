@@ -188,6 +188,8 @@ def test_contiguous_rel_pos_bias_is_the_decomposed_formula_and_changes_nothing()
     with torch.inference_mode():
         after = model.get_image_embeddings(pixels)
     assert torch.equal(before, after)
+    scratch = model.vision_encoder._grounded_seg_rel_pos_scratch
+    assert scratch.tensors == {}  # the reused bias memory is released when the encoder returns
 
     attention = model.vision_encoder.layers[1].attn  # global attention over the 16 x 16 grid
     size, dim = 16, attention.rel_pos_h.shape[1]
@@ -204,3 +206,33 @@ def test_contiguous_rel_pos_bias_is_the_decomposed_formula_and_changes_nothing()
                 + grid[b, qh, qw] @ attention.rel_pos_w[qw - kw + size - 1]
             )
             torch.testing.assert_close(bias[b, qh, qw, kh, kw], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_contiguous_rel_pos_keeps_gradients_for_fine_tuning():
+    """With gradients on, the bias is built out of place: the same gradients reach the
+    relative-position tables (and the input) as with transformers' own builder."""
+    from transformers import SamModel
+
+    from grounded_seg.segmenters.rel_pos import contiguous_rel_pos
+
+    from tiny_models import tiny_sam_config
+
+    torch.manual_seed(0)
+    model = SamModel(tiny_sam_config()).train()
+    attention = model.vision_encoder.layers[1].attn  # global attention over the 16 x 16 grid
+    with torch.no_grad():  # SamModel's init leaves these weights ~1e-10: make them matter
+        for param in attention.parameters():
+            param.normal_(std=0.3)
+    hidden = torch.randn(1, 16, 16, 32)
+    weights = torch.randn(1, 16, 16, 32)
+    grads = []
+    for install in (False, True):
+        if install:
+            assert contiguous_rel_pos(model) == 2
+        attention.zero_grad()
+        x = hidden.clone().requires_grad_(True)
+        (attention(x)[0] * weights).sum().backward()
+        grads.append((attention.rel_pos_h.grad.clone(), attention.rel_pos_w.grad.clone(), x.grad))
+    assert all(float(g.abs().max()) > 1e-3 for g in grads[0])
+    for ours, theirs in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
