@@ -107,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=HERE / "out" / "vs_reference")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument(
+        "--reuse-memory",
+        action="store_true",
+        help="both processes keep freed memory in the heap (glibc malloc mmap/trim thresholds, "
+        "grounded_seg.reuse_freed_memory); its own block in RESULTS.md",
+    )
+    parser.add_argument(
         "--fast",
         default="bfloat16",
         help="also time grounded_seg's half-precision fast path with this dtype (autocast; "
@@ -424,6 +430,13 @@ def run(args: argparse.Namespace) -> int:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["GROUNDED_SEG_CACHE"] = str(workdir / "cache")  # the converted copies live here
+    if args.reuse_memory:  # the same allocator settings on both sides: ours now, the worker's
+        from grounded_seg import reuse_freed_memory
+        from grounded_seg.allocator import ENV  # through its environment, read at its start
+
+        if not reuse_freed_memory():
+            raise SystemExit("--reuse-memory: this platform's malloc has no such settings")
+        os.environ.update(ENV)
 
     from PIL import Image
 
@@ -569,7 +582,8 @@ def run(args: argparse.Namespace) -> int:
     )
     block += f"\n- total wall time of the script: {time.perf_counter() - script_start:.0f} s\n"
     print(block)
-    write_results(args.results, device.type, block, name="vs_reference")
+    name = "vs_reference-reuse-memory" if args.reuse_memory else "vs_reference"
+    write_results(args.results, device.type, block, name=name)
     return 0
 
 
@@ -638,7 +652,9 @@ def report(args, device, cases, results, flop_runs, peaks, info_ref, load_second
     peak_source = "nominal, --peak-tflops" if args.peak_tflops else "measured: dense fp32 matmul"
     command = "python benchmarks/vs_reference.py " + " ".join(sys.argv[1:])
     lines = [
-        f"## grounded_seg vs the reference Grounded-SAM pipeline, {device.type}, "
+        f"## grounded_seg vs the reference Grounded-SAM pipeline, {device.type}"
+        + (", both processes keeping freed memory (`--reuse-memory`)" if args.reuse_memory else "")
+        + ", "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         f"- machine: {machine_line(device)}",

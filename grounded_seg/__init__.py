@@ -9,6 +9,7 @@ the result is a ``supervision.Detections`` in pixels of the original image.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .allocator import reuse_freed_memory
 from .api import clear_model_cache, segment
 from .devices import resolve_device
 from .errors import InvalidWeightsError, WeightsNotFoundError
@@ -36,5 +37,6 @@ __all__ = [
     "load_image",
     "normalize_prompt",
     "resolve_device",
+    "reuse_freed_memory",
     "segment",
 ]

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import supervision as sv
 
+from .allocator import reuse_freed_memory
 from .errors import InvalidWeightsError, WeightsNotFoundError
 from .registry import list_models
 
@@ -400,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # a process of our own: large freed tensors stay in the heap (see grounded_seg.allocator)
+    reuse_freed_memory()
     try:
         if args.command == "models":
             return _cmd_models(args)
