@@ -66,7 +66,7 @@ def cpu_has_native_bfloat16() -> bool:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Return the model dtype: float32 by default; half precision is an opt-in fast path.
+    """Return the compute dtype: float32 by default; half precision is an opt-in fast path.
 
     ``bfloat16`` is allowed on CUDA and on the CPU (where a CPU with AVX512-BF16 or AMX runs its
     matmuls several times faster than float32; without them it is slow, and a warning says so);
