@@ -7,6 +7,7 @@
     grounded-seg models [--role detector|segmenter]
     grounded-seg train shapes --model sam|clip|gdino [--out DIR] [--steps N] [--seed S]
                  [--threads T] [--device DEV] [--batch-size B] [--workers W] [--stop-at STEP]
+                 [--learning-rate LR] [--init-from DIR] [--single-phrase-share 0-1]
     grounded-seg demo ["red circle. blue square."] [--seed S] [-o demo.png]
                  [--proposer clip|grounding_dino]
     grounded-seg convert SRC.pth DST_DIR [--tokenizer bert-base-uncased|DIR|vocab.txt]
@@ -138,6 +139,16 @@ def _parser() -> argparse.ArgumentParser:
     gdino.add_argument(
         "--stop-at", type=int, default=None, help="end this run after that step; rerun to resume"
     )
+    gdino.add_argument("--learning-rate", type=float, default=None, help="peak rate (gdino)")
+    gdino.add_argument(
+        "--init-from", default=None, help="continue from a trained shapes-gdino folder (gdino)"
+    )
+    gdino.add_argument(
+        "--single-phrase-share",
+        type=float,
+        default=None,
+        help="fraction of one-phrase captions, 0-1 (gdino)",
+    )
     return parser
 
 
@@ -219,11 +230,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     kwargs = {"seed": args.seed, "threads": args.threads, "overwrite": args.overwrite}
     if args.steps is not None:
         kwargs["steps"] = args.steps
-    gdino_only = {"--batch-size": args.batch_size, "--stop-at": args.stop_at}
+    gdino_only = {
+        "--batch-size": args.batch_size,
+        "--stop-at": args.stop_at,
+        "--learning-rate": args.learning_rate,
+        "--init-from": args.init_from,
+        "--single-phrase-share": args.single_phrase_share,
+    }
     if args.model != "gdino" and (
         args.device != "cpu" or args.workers or any(v is not None for v in gdino_only.values())
     ):
-        raise ValueError("--device, --batch-size, --workers and --stop-at apply to --model gdino")
+        raise ValueError(f"--device, --workers, {', '.join(gdino_only)} apply to --model gdino")
     if args.model == "sam":
         from .shapes.train_sam import train_shapes_sam as train
     elif args.model == "clip":
@@ -232,8 +249,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from .shapes.train_gdino import train_shapes_gdino as train
 
         kwargs.update(device=args.device, workers=args.workers, stop_at=args.stop_at)
-        if args.batch_size is not None:
-            kwargs["batch_size"] = args.batch_size
+        for name in ("batch_size", "learning_rate", "init_from", "single_phrase_share"):
+            if getattr(args, name) is not None:
+                kwargs[name] = getattr(args, name)
     report = train(out, **kwargs)
     if "stopped_at" in report:
         print(f"stopped after step {report['stopped_at']}; run the same command again to resume")

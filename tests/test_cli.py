@@ -519,6 +519,11 @@ def test_train_gdino_runs_in_parts_and_resumes(tmp_path, capsys):
     assert state["step"] == 2 and state["resumed_at"] == [1]
 
 
-def test_train_rejects_gdino_options_for_other_models(capsys):
-    assert main(["train", "shapes", "--model", "sam", "--batch-size", "4"]) == 2
+@pytest.mark.parametrize(
+    "option",
+    [["--batch-size", "4"], ["--init-from", "weights/shapes/gdino"], ["--learning-rate", "1e-4"],
+     ["--single-phrase-share", "0.4"]],
+)  # fmt: skip
+def test_train_rejects_gdino_options_for_other_models(capsys, option):
+    assert main(["train", "shapes", "--model", "sam", *option]) == 2
     assert "apply to --model gdino" in capsys.readouterr().err
