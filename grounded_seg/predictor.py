@@ -69,6 +69,8 @@ class GroundedSAM:
     each is a registry name (see ``list_models()``), a local model folder, or a ready-made object
     implementing ``BoxProposer`` / ``MaskSegmenter``. ``proposer_options`` go to the route's
     proposer, e.g. ``{"auto_config": AutoMaskConfig(points_per_side=32)}`` for the CLIP route.
+    ``compile=True`` compiles SAM's image encoder with ``torch.compile`` (opt-in; see
+    ``SamSegmenter.from_pretrained``): worth it for many images, with ``dtype="bfloat16"``.
 
     Work that depends only on the image (SAM's image embedding, Grounding DINO's image backbone,
     the CLIP route's candidates and crop embeddings) is done once per ``set_image``; each
@@ -91,6 +93,7 @@ class GroundedSAM:
         *,
         proposer: str = "grounding_dino",
         proposer_options: dict[str, Any] | None = None,
+        compile: bool = False,
     ) -> None:
         from .proposers import PROPOSERS
         from .proposers.clip import ClipProposer
@@ -99,8 +102,17 @@ class GroundedSAM:
 
         if proposer not in PROPOSERS:
             raise ValueError(f"proposer: expected one of {sorted(PROPOSERS)}, got {proposer!r}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile: expected True or False, got {compile!r}")
         if isinstance(segmenter, (str, os.PathLike)):
-            segmenter = SamSegmenter.from_pretrained(segmenter, device=device, dtype=dtype)
+            segmenter = SamSegmenter.from_pretrained(
+                segmenter, device=device, dtype=dtype, compile=compile
+            )
+        elif compile:
+            raise ValueError(
+                "compile applies when the segmenter is loaded by name or path; pass "
+                "SamSegmenter.from_pretrained(..., compile=True) instead"
+            )
         elif not isinstance(segmenter, MaskSegmenter):
             raise TypeError(
                 f"segmenter: expected a model name, a path or a MaskSegmenter, got "

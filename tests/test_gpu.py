@@ -46,3 +46,19 @@ def test_cuda_half_precision_runs_and_stays_close(tiny_gdino_dir, tiny_sam_dir, 
     # random tiny weights make scores nearly tie, so compare the best box only
     best = np.argmax(expected.confidence)
     assert np.abs(det.xyxy - expected.xyxy[best]).max(axis=1).min() < 5.0
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_cuda_compiled_sam_matches_eager_float32(dtype):
+    """compile=True on CUDA (the fast path's other half): the trained shapes-sam from the true
+    boxes gives the eager float32 masks back (mask IoU >= 0.98)."""
+    from grounded_seg.segmenters.sam import SamSegmenter
+    from grounded_seg.shapes import HELD_OUT_SEEDS, make_scene
+
+    reference = SamSegmenter.from_pretrained("shapes-sam", device="cuda")
+    fast = SamSegmenter.from_pretrained("shapes-sam", device="cuda", dtype=dtype, compile=True)
+    for seed in range(HELD_OUT_SEEDS.start, HELD_OUT_SEEDS.start + 5):
+        scene = make_scene(seed)
+        expected, _ = reference.segment(reference.encode_image(scene.image), scene.boxes)
+        got, _ = fast.segment(fast.encode_image(scene.image), scene.boxes)
+        assert min(mask_iou(a, b) for a, b in zip(got, expected, strict=True)) >= 0.98

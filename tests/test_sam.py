@@ -236,3 +236,40 @@ def test_contiguous_rel_pos_keeps_gradients_for_fine_tuning():
     assert all(float(g.abs().max()) > 1e-3 for g in grads[0])
     for ours, theirs in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_image_encoder_gives_the_eager_answers():
+    """compile=True (opt-in): torch.compile on the image encoder, same embeddings and masks as
+    the eager model on a trained SAM, state-dict names unchanged."""
+    from torch._dynamo.utils import counters
+
+    from grounded_seg.shapes import HELD_OUT_SEEDS, make_scene
+
+    counters.clear()
+    eager = SamSegmenter.from_pretrained("shapes-sam", device="cpu")
+    compiled = SamSegmenter.from_pretrained("shapes-sam", device="cpu", compile=True)
+    assert compiled.compiled and not eager.compiled
+    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
+    scene = make_scene(HELD_OUT_SEEDS.start + 7)
+    pairs = [(seg, seg.encode_image(scene.image)) for seg in (eager, compiled)]
+    embeddings = [seg.image_embeddings(st) for seg, st in pairs]
+    assert counters["stats"]["unique_graphs"] >= 1  # the encoder really went through dynamo
+    scale = float(embeddings[0].abs().max())
+    assert float((embeddings[0] - embeddings[1]).abs().max()) <= 1e-4 * scale
+    (masks_e, _), (masks_c, _) = (seg.segment(st, scene.boxes) for seg, st in pairs)
+    assert masks_e.any() and masks_e.shape == masks_c.shape
+    differ = int((masks_e != masks_c).sum())
+    assert differ <= 0.001 * masks_e.size, differ  # a logit on the 0 border may flip
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_compile_is_checked(bad):
+    with pytest.raises(TypeError, match="compile"):
+        SamSegmenter(torch.nn.Linear(1, 1), None, compile=bad)
+
+
+def test_compile_is_refused_for_a_ready_made_segmenter(painter_segmenter):
+    from grounded_seg import GroundedSAM
+
+    with pytest.raises(ValueError, match="compile applies when the segmenter is loaded"):
+        GroundedSAM(detector="shapes-gdino", segmenter=painter_segmenter, compile=True)

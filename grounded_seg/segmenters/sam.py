@@ -87,12 +87,28 @@ class SamSegmenter:
         auto_mask: dict | None = None,
         boxes_per_call: int = 64,
         dtype: str | torch.dtype | None = None,
+        compile: bool = False,
     ) -> None:
         if not isinstance(boxes_per_call, int) or boxes_per_call < 1:
             raise ValueError(f"boxes_per_call: expected an int >= 1, got {boxes_per_call!r}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile: expected True or False, got {compile!r}")
         self.model = model
         self.image_processor = image_processor
-        contiguous_rel_pos(model)  # the same bias, built without a second copy (see .rel_pos)
+        self.compiled = compile
+        if compile:
+            # opt-in: torch.compile the image encoder (the one fixed-shape, heavy stage), as
+            # segment-anything-fast does; in place, so the state dict keeps its names. The
+            # compiled graph lays out the relative-position bias itself.
+            vision_encoder = getattr(model, "vision_encoder", None)
+            if not isinstance(vision_encoder, torch.nn.Module):
+                raise TypeError(
+                    "compile: expected a SamModel with a vision_encoder, got "
+                    f"{type(model).__name__}"
+                )
+            vision_encoder.compile(dynamic=False)
+        else:
+            contiguous_rel_pos(model)  # the same bias, built without a second copy (see .rel_pos)
         # None: the weights' own dtype; bfloat16/float16: forward passes under autocast
         self.compute_dtype = None if dtype is None else resolve_dtype(dtype, self.device)
         # the mask decoder runs on a copy of the image embedding per box ((N, 256, 64, 64) for
@@ -108,11 +124,16 @@ class SamSegmenter:
         name_or_path: str | os.PathLike = "sam-vit-base",
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        compile: bool = False,
     ) -> SamSegmenter:
         """Load a registry name or a local folder (strict weights, clear errors).
 
         ``dtype`` bfloat16/float16 is the opt-in fast path: float32 weights, forward passes under
-        autocast.
+        autocast. ``compile=True`` runs the image encoder through ``torch.compile`` (inductor:
+        a C++ compiler on the CPU, triton on CUDA): the first image pays the compilation (30-45 s
+        for SAM-B on 2 CPU threads with a cold inductor cache), later images run faster where
+        inductor helps. SAM-B encoder on 2 CPU threads (``benchmarks/compile_sam.py``):
+        bfloat16 2.05 -> 1.77 s (1.16x); float32 no gain. Not yet measured on CUDA.
         """
         from transformers import AutoImageProcessor, SamModel
 
@@ -131,6 +152,7 @@ class SamSegmenter:
             image_processor,
             auto_mask=read_model_settings(name_or_path, "auto_mask"),
             dtype=compute_dtype,
+            compile=compile,
         )
 
     @property
