@@ -26,26 +26,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from e2e_cpu import (  # noqa: E402
-    SAM_VISION_INIT_STD,
     machine_line,
     make_image,
+    random_sam_vit_b,
     versions,
     write_results,
 )
 
 logger = logging.getLogger("compile_sam")
-
-
-def build_sam(seed: int) -> torch.nn.Module:
-    from transformers import SamConfig, SamModel
-
-    torch.manual_seed(seed)
-    model = SamModel(SamConfig()).eval()
-    with torch.no_grad():
-        for module in model.vision_encoder.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                module.weight.normal_(0.0, SAM_VISION_INIT_STD)
-    return model
 
 
 def time_encoder(segmenter: object, image: object, sync: object) -> tuple[float, torch.Tensor]:
@@ -77,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     grounded_seg.reuse_freed_memory()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    model = build_sam(args.seed).to(device)
+    model = random_sam_vit_b(args.seed).to(device)
     processor = SamImageProcessorPil()
     image = make_image(args.seed)
     rows = []
     for dtype in args.dtypes.split(","):
         eager = SamSegmenter(model, processor, dtype=None if dtype == "float32" else dtype)
-        compiled_model = build_sam(args.seed).to(device)  # same weights, its own modules
+        compiled_model = random_sam_vit_b(args.seed).to(device)  # same weights, its own modules
         compiled = SamSegmenter(
             compiled_model, processor, dtype=None if dtype == "float32" else dtype, compile=True
         )

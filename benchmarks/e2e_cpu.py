@@ -168,6 +168,21 @@ def recipe(seed: int) -> dict[str, Any]:
     }
 
 
+def random_sam_vit_b(seed: int) -> Any:
+    """SAM ViT-B (``SamConfig()`` defaults) with random weights at the scale of real ones: the
+    image encoder's Linear/Conv weights drawn from N(0, ``SAM_VISION_INIT_STD``) (module doc)."""
+    import torch
+    from transformers import SamConfig, SamModel
+
+    torch.manual_seed(seed)
+    model = SamModel(SamConfig()).eval()
+    with torch.no_grad():
+        for module in model.vision_encoder.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                module.weight.normal_(0.0, SAM_VISION_INIT_STD)
+    return model
+
+
 def build_models(out_dir: str, seed: int, vocab: str, threads: int) -> None:
     """Build both random full-size models and save them (runs in a child process)."""
     _set_offline_env(threads)
@@ -179,9 +194,7 @@ def build_models(out_dir: str, seed: int, vocab: str, threads: int) -> None:
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
         GroundingDinoImageProcessorPil,
-        SamConfig,
         SamImageProcessorPil,
-        SamModel,
     )
 
     torch.set_num_threads(threads)
@@ -206,12 +219,7 @@ def build_models(out_dir: str, seed: int, vocab: str, threads: int) -> None:
     folder = out / SAM_DIR
     shutil.rmtree(folder, ignore_errors=True)
     logger.info("building SAM ViT-B (random weights, seed %d) in %s", seed, folder)
-    torch.manual_seed(seed)
-    model = SamModel(SamConfig()).eval()
-    with torch.no_grad():
-        for module in model.vision_encoder.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                module.weight.normal_(0.0, SAM_VISION_INIT_STD)
+    model = random_sam_vit_b(seed)
     params["segmenter"] = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder)
     del model
