@@ -148,6 +148,8 @@ def test_model_card_gives_every_stage_its_command(tmp_path):
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "training, 2 stage(s), 3.0 minutes in all" in card
     assert "--init-from weights/shapes/gdino --single-phrase-share 0.4 --overwrite" in card
+    # every setting that differs between stages is in its command, from scratch too
+    assert "--seed 0 --device cuda --workers 12 --learning-rate 0.0004`" in card
     assert "--steps 10 --batch-size" in card and "--device cpu --workers 0 --threads 2" in card
     assert "| 2 | 10 | 3.0 | 1.00 | 0.900 | 0.900 | 0.95 | 0.96 |" in card  # minutes add up
 

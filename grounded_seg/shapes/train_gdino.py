@@ -366,11 +366,13 @@ def _command(stage: dict[str, Any]) -> str:
     )
     if stage["device"] == "cpu":
         command += f" --threads {stage['threads']}"
+    command += f" --learning-rate {cfg['learning_rate']}"
     if stage.get("init_from"):
-        command += (
-            f" --learning-rate {cfg['learning_rate']} --init-from {stage['init_from']}"
-            f" --single-phrase-share {stage['single_phrase_share']} --overwrite"
-        )
+        command += f" --init-from {stage['init_from']}"
+    if stage.get("single_phrase_share"):
+        command += f" --single-phrase-share {stage['single_phrase_share']}"
+    if stage.get("init_from"):
+        command += " --overwrite"  # the stage's output usually replaces its input
     return command
 
 
