@@ -238,6 +238,41 @@ def test_contiguous_rel_pos_keeps_gradients_for_fine_tuning():
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_model_with_contiguous_rel_pos_can_be_copied_and_pickled(how):
+    """A SamModel that SamSegmenter prepared (bias builder, scratch, forward hook) survives
+    copy.deepcopy and pickle: the copy gives the same embeddings, uses the builder bound to its
+    own modules, and has its own empty scratch."""
+    import copy
+    import pickle
+
+    from transformers import SamModel
+
+    from grounded_seg.segmenters.rel_pos import contiguous_rel_pos
+
+    from tiny_models import tiny_sam_config
+
+    torch.manual_seed(0)
+    model = SamModel(tiny_sam_config()).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "rel_pos" in name:
+                param.normal_()
+    assert contiguous_rel_pos(model) == 2
+    copied = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    pixels = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        expected = model.get_image_embeddings(pixels)
+        got = copied.get_image_embeddings(pixels)
+    assert torch.equal(got, expected)
+    attention = copied.vision_encoder.layers[1].attn
+    assert attention.get_decomposed_rel_pos.module is attention
+    scratch = copied.vision_encoder._grounded_seg_rel_pos_scratch
+    assert scratch is not model.vision_encoder._grounded_seg_rel_pos_scratch
+    assert attention._grounded_seg_rel_pos_scratch is scratch and scratch.tensors == {}
+    assert contiguous_rel_pos(copied) == 2  # still recognised as installed: nothing stacked
+
+
 def test_compiled_image_encoder_gives_the_eager_answers():
     """compile=True (opt-in): torch.compile on the image encoder, same embeddings and masks as
     the eager model on a trained SAM, state-dict names unchanged."""

@@ -24,9 +24,9 @@ only where the final sum is written changes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-import types
 from typing import Any
 
 import torch
@@ -50,6 +50,26 @@ class _Scratch(threading.local):
 
     def clear(self) -> None:
         self.tensors.clear()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        # a copied or unpickled model gets an empty scratch of its own (tensors are per pass)
+        return type(self), ()
+
+
+def _clear_after_forward(scratch: _Scratch, *_: Any) -> None:
+    """The encoder's forward hook (a module-level function, so the model can be pickled)."""
+    scratch.clear()
+
+
+class _RelPosBuilder:
+    """``module.get_decomposed_rel_pos`` for one attention module; unlike a bound method made
+    with ``types.MethodType``, it survives ``pickle`` and ``copy.deepcopy`` of the model."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return _decomposed_rel_pos(self.module, *args, **kwargs)
 
 
 def _decomposed_rel_pos(
@@ -97,7 +117,9 @@ def contiguous_rel_pos(model: torch.nn.Module) -> int:
     if scratch is None:
         scratch = _Scratch()
         setattr(encoder, _SCRATCH_ATTR, scratch)
-        encoder.register_forward_hook(lambda *_: scratch.clear(), always_call=True)
+        encoder.register_forward_hook(
+            functools.partial(_clear_after_forward, scratch), always_call=True
+        )
     count = 0
     for module in model.modules():
         if not getattr(module, "use_rel_pos", False):
@@ -106,8 +128,8 @@ def contiguous_rel_pos(model: torch.nn.Module) -> int:
             logger.debug("%s has no get_decomposed_rel_pos; left as it is", type(module).__name__)
             continue
         current = vars(module).get("get_decomposed_rel_pos")
-        if getattr(current, "__func__", None) is not _decomposed_rel_pos:
-            module.get_decomposed_rel_pos = types.MethodType(_decomposed_rel_pos, module)
+        if not (isinstance(current, _RelPosBuilder) and current.module is module):
+            module.get_decomposed_rel_pos = _RelPosBuilder(module)
         setattr(module, _SCRATCH_ATTR, scratch)
         count += 1
     return count
