@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grounded-seg", description="Segment whatever a text prompt names."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress (train always logs)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment what PROMPT names in IMAGE")
@@ -419,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "train":  # a run of minutes to hours: its progress shows without -v
+        logging.getLogger("grounded_seg").setLevel(logging.INFO)
     # a process of our own: large freed tensors stay in the heap (see grounded_seg.allocator)
     reuse_freed_memory()
     try:

@@ -504,12 +504,13 @@ def test_unknown_output_extension_is_refused_before_any_model_loads(tmp_path, sc
     assert not masks_dir.exists()  # nothing written when an argument is bad
 
 
-def test_train_gdino_runs_in_parts_and_resumes(tmp_path, capsys):
+def test_train_gdino_runs_in_parts_and_resumes(tmp_path, capsys, caplog):
     out = tmp_path / "gdino"
     args = ["train", "shapes", "--model", "gdino", "--out", str(out), "--steps", "3",
             "--batch-size", "2", "--threads", "1"]  # fmt: skip
     assert main([*args, "--stop-at", "1"]) == 0
     assert "stopped after step 1" in capsys.readouterr().out
+    assert "step 1/3" in caplog.text  # training logs its progress without -v
     assert (out / "checkpoint.pt").is_file() and not (out / "model.safetensors").exists()
     assert main([*args, "--stop-at", "2"]) == 0
     assert "stopped after step 2" in capsys.readouterr().out
