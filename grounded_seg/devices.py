@@ -65,14 +65,17 @@ def cpu_has_native_bfloat16() -> bool:
         return False
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(
+    dtype: str | torch.dtype | None, device: torch.device, *, warn: bool = True
+) -> torch.dtype:
     """Return the compute dtype: float32 by default; half precision is an opt-in fast path.
 
     ``bfloat16`` is allowed on CUDA and on the CPU (where a CPU with AVX512-BF16 or AMX runs its
     matmuls several times faster than float32; without them it is slow, and a warning says so);
     ``float16`` on CUDA and MPS. Anything else raises ``ValueError``. Half precision changes the
     answers by rounding: boxes move by a fraction of a pixel and masks by their edge pixels (the
-    test suite bounds both against float32 on trained models).
+    test suite bounds both against float32 on trained models). ``warn=False`` checks without
+    the slow-CPU warning (for a caller whose constructor resolves the same dtype again).
     """
     if dtype is None:
         return torch.float32
@@ -90,7 +93,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             f"dtype {dtype} is an opt-in fast path for CUDA and MPS; on {device.type} use "
             "float32, or bfloat16"
         )
-    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bfloat16():
+    if warn and dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bfloat16():
         logger.warning(
             "bfloat16 on a CPU without AVX512-BF16/AMX is emulated and slower than float32"
         )

@@ -100,6 +100,28 @@ def test_resolve_dtype():
         resolve_dtype(torch.float64, cuda)
 
 
+@pytest.mark.parametrize("route", ["sam", "gdino", "clip"])
+def test_emulated_bfloat16_warning_is_logged_once_per_model(route, monkeypatch, caplog):
+    """On a CPU without native bfloat16 the slow-path warning appears once per loaded model
+    (from_pretrained checks the dtype, the constructor warns), not twice."""
+    import grounded_seg.devices as devices
+    from grounded_seg.proposers.clip import ClipProposer
+    from grounded_seg.proposers.grounding_dino import GroundingDinoProposer
+    from grounded_seg.segmenters.sam import SamSegmenter
+
+    monkeypatch.setattr(devices, "cpu_has_native_bfloat16", lambda: False)
+    sam = SamSegmenter.from_pretrained("shapes-sam", device="cpu") if route == "clip" else None
+    with caplog.at_level("WARNING", logger="grounded_seg"):
+        if route == "sam":
+            SamSegmenter.from_pretrained("shapes-sam", device="cpu", dtype="bfloat16")
+        elif route == "gdino":
+            GroundingDinoProposer.from_pretrained("shapes-gdino", device="cpu", dtype="bfloat16")
+        else:
+            ClipProposer.from_pretrained("shapes-clip", sam, device="cpu", dtype="bfloat16")
+    warnings = [r for r in caplog.records if "emulated and slower" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
 def test_bundled_model_missing_says_how_to_reproduce(tmp_path, monkeypatch):
     from grounded_seg import WeightsNotFoundError
     from grounded_seg.segmenters.sam import SamSegmenter

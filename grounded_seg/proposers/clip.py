@@ -187,7 +187,7 @@ class ClipProposer:
         ``distractors`` and ``crop_views`` calibrated for that model; ``kwargs`` override them."""
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        compute_dtype = resolve_dtype(dtype, resolve_device(device))
+        compute_dtype = resolve_dtype(dtype, resolve_device(device), warn=False)
         model, parts = load_pretrained(
             name_or_path,
             "detector",

@@ -170,7 +170,7 @@ class GroundingDinoProposer:
         """
         from transformers import AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection
 
-        compute_dtype = resolve_dtype(dtype, resolve_device(device))
+        compute_dtype = resolve_dtype(dtype, resolve_device(device), warn=False)
         model, parts = load_pretrained(
             name_or_path,
             "detector",

@@ -137,7 +137,7 @@ class SamSegmenter:
         """
         from transformers import AutoImageProcessor, SamModel
 
-        compute_dtype = resolve_dtype(dtype, resolve_device(device))
+        compute_dtype = resolve_dtype(dtype, resolve_device(device), warn=False)
         model, parts = load_pretrained(
             name_or_path,
             "segmenter",
