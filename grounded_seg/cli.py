@@ -9,7 +9,7 @@
                  [--threads T] [--device DEV] [--batch-size B] [--workers W] [--stop-at STEP]
                  [--learning-rate LR] [--init-from DIR] [--single-phrase-share 0-1]
     grounded-seg demo ["red circle. blue square."] [--seed S] [-o demo.png]
-                 [--proposer clip|grounding_dino]
+                 [--proposer grounding_dino|clip]
     grounded-seg convert SRC.pth DST_DIR [--tokenizer bert-base-uncased|DIR|vocab.txt]
     grounded-seg eval ANNOTATIONS [--images DIR] [--proposer ...] [--detector ...] [--segmenter ...]
                  [--device DEV] [--box-threshold 0.0] [--json out.json] [--max-images N]
@@ -88,9 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--box-threshold", type=float, default=0.35)
     demo.add_argument(
         "--proposer",
-        choices=["clip", "grounding_dino"],
-        default="clip",
-        help="clip: shapes-clip over SAM candidates (default); grounding_dino: shapes-gdino",
+        choices=["grounding_dino", "clip"],
+        default="grounding_dino",
+        help="grounding_dino: shapes-gdino (default); clip: shapes-clip over SAM candidates",
     )
     demo.add_argument("--overwrite", action="store_true")
 
@@ -178,7 +178,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"scene {seed}: {', '.join(scene.phrases)} (ground truth)")
     for phrase, box in zip(scene.phrases, scene.boxes, strict=True):
         print(f"  truth {phrase:<18} box [{', '.join(f'{v:.0f}' for v in box)}]")
-    print(f"{len(detections)} detection(s) for {prompt.caption!r} in {seconds:.2f} s")
+    print(
+        f"{len(detections)} detection(s) for {prompt.caption!r} by {detector} + shapes-sam "
+        f"in {seconds:.2f} s"
+    )
     for row in detections_to_json(detections):
         box = ", ".join(f"{v:.1f}" for v in row["box_xyxy"])
         print(f"  found {row['class_name']:<18} box [{box}] conf {row['confidence']:.3f}")

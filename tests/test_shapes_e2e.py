@@ -76,9 +76,10 @@ def test_offline_demo(tmp_path, capsys):
     from grounded_seg.cli import main
 
     out = tmp_path / "demo.png"
-    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
+    assert main(["demo", "-o", str(out), "--device", "cpu", "--proposer", "clip"]) == 0
     printed = capsys.readouterr().out
     assert "red circle, blue square (ground truth)" in printed
+    assert "by shapes-clip + shapes-sam" in printed
     found = [line.split()[1:3] for line in printed.splitlines() if line.strip().startswith("found")]
     assert sorted(" ".join(f) for f in found) == ["blue square", "red circle"]
     assert Image.open(out).size == (512, 512)

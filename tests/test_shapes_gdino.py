@@ -179,19 +179,15 @@ def test_box_and_mask_ap50_with_all_phrases(gdino_route, tmp_path):
 
     annotations = export_coco(TEST_SEEDS, tmp_path / "coco")
     report = evaluate_coco(gdino_route, annotations, progress=False)
-    # measured on CPU: box AP50 0.861, mask AP50 0.897 (first stage alone: 0.808, 0.819)
+    # measured on CPU: box AP50 0.912, mask AP50 0.937 (stage 2: 0.861, 0.897; stage 1: 0.808,
+    # 0.819)
     assert report.box_ap50 >= 0.80, report.format_table()
     assert report.mask_ap50 >= 0.75, report.format_table()
 
 
-# Issue 6's single-phrase targets are not reached yet. Measured on these 40 scenes (CPU, default
-# thresholds) after the second stage: right object 0.825, nothing for an absent phrase 0.90 (first
-# stage alone: 0.675 / 0.875). On held-out seeds 1006000-1006399: 0.83 / 0.95 at 0.35 and
-# 0.91 / 0.93 at 0.30, so no threshold gives both with a margin. The misses are right boxes
-# scored 0.2-0.35 (mostly triangles and stars); the false alarms are absent phrases sharing a
-# colour with a present shape ("red triangle" on a red square): shape is read less surely
-# than colour.
-@pytest.mark.xfail(strict=True, reason="issue 6 single-phrase targets not reached yet")
+# Issue 6's single-phrase targets. Measured on these 40 scenes (CPU, default thresholds) after the
+# third stage: right object 0.925, nothing for an absent phrase 0.925, i.e. 37 of 40 each (second
+# stage: 0.825 / 0.900; first: 0.675 / 0.875). On held-out seeds 1006000-1006399: 0.9025 / 0.9775.
 def test_single_phrase_prompts(gdino_route):
     rates = single_phrase_rates(gdino_route, TEST_SEEDS)
     assert rates["present_hit"] >= 0.9, rates
@@ -202,8 +198,9 @@ def test_offline_demo_with_shapes_gdino(tmp_path, capsys):
     from grounded_seg.cli import main
 
     out = tmp_path / "demo.png"
-    assert main(["demo", "-o", str(out), "--device", "cpu", "--proposer", "grounding_dino"]) == 0
+    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
+    assert "by shapes-gdino + shapes-sam" in printed  # the demo's default route
     found = [line.split()[1:3] for line in printed.splitlines() if line.strip().startswith("found")]
     assert sorted(" ".join(f) for f in found) == ["blue square", "red circle"]
     assert out.is_file()
