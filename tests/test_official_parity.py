@@ -45,6 +45,10 @@ RUNNER = Path(__file__).parent / "oracle" / "official_runner.py"
 CAPTION = "black cat . dog"  # two phrases: the sub-sentence text mask is exercised
 SAM_BOXES = "[[30, 40, 300, 350], [200, 10, 590, 200], [5, 5, 100, 100]]"
 LOGIT_TOL = 1e-3  # the issue's tolerance on low-res mask logits
+# Masks are the logits > 0 after bilinear upsampling, which cannot enlarge a logit difference; with
+# the measured low-res differences of ~2e-5, a pixel can flip only where the official logit is that
+# close to 0 (measured: every differing pixel has |logit| < 1e-5). Beyond this, masks are identical.
+MASK_FLIP_TOL = 1e-4
 
 pytestmark = pytest.mark.slow
 
@@ -175,16 +179,21 @@ def max_diff(a: torch.Tensor, b: torch.Tensor, what: str = "") -> float:
 
 
 def assert_masks_match(ours: np.ndarray, official_logits: torch.Tensor) -> None:
-    """Binarised masks agree at every pixel whose official logit is clear of the threshold by
-    more than the logit tolerance; the count of the others is reported on failure."""
+    """Binarised masks are identical at every pixel whose official logit is farther than
+    ``MASK_FLIP_TOL`` from the threshold; the few others (float rounding across two torch builds
+    and two attention implementations) are counted and printed."""
     official = (official_logits > 0).numpy()
     assert ours.shape == official.shape
     differ = ours != official
-    print(f"parity: masks: {int(differ.sum())} of {differ.size} pixels differ")
-    near = (official_logits.abs() <= LOGIT_TOL).numpy()
+    worst = float(official_logits.abs().numpy()[differ].max()) if differ.any() else 0.0
+    print(
+        f"parity: masks: {int(differ.sum())} of {differ.size} pixels differ; the largest "
+        f"|official logit| among them is {worst:.3g}"
+    )
+    near = (official_logits.abs() <= MASK_FLIP_TOL).numpy()
     assert not (differ & ~near).any(), (
         f"{int((differ & ~near).sum())} pixels differ where the official logit is beyond "
-        f"{LOGIT_TOL}; {int(differ.sum())} differ in all of {differ.size}"
+        f"{MASK_FLIP_TOL}; {int(differ.sum())} differ in all of {differ.size}"
     )
     assert differ.mean() < 1e-4, f"{int(differ.sum())} of {differ.size} pixels differ"
 
