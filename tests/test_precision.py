@@ -11,7 +11,7 @@ from grounded_seg import GroundedSAM
 from grounded_seg.devices import autocast, resolve_dtype
 from grounded_seg.proposers.deformable import (
     Float32Sampling,
-    PointMajorDeformableAttention,
+    GatherDeformableAttention,
     install_deformable_sampler,
 )
 from grounded_seg.segmenters.sam import SamSegmenter
@@ -40,7 +40,7 @@ def test_deformable_sampling_in_float32_returns_the_exact_bilinear_answer():
 
     width = 152
     xs = [0.25 + k / 997 for k in range(50)]  # sub-pixel positions across the middle of the level
-    for kernel in (MultiScaleDeformableAttention(), PointMajorDeformableAttention()):
+    for kernel in (MultiScaleDeformableAttention(), GatherDeformableAttention()):
         check_ramp(Float32Sampling(kernel), width, xs)
 
 
@@ -85,7 +85,7 @@ def test_deformable_sampling_in_bfloat16_equals_float32_sampling_rounded():
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, expected.bfloat16(), atol=0, rtol=0)
     # the installed kernel: float32 summation order aside, the same rounded answer
-    got = Float32Sampling(PointMajorDeformableAttention())(*call(torch.bfloat16))
+    got = Float32Sampling(GatherDeformableAttention())(*call(torch.bfloat16))
     torch.testing.assert_close(got.float(), expected, atol=2e-2, rtol=1e-2)
 
 
@@ -99,7 +99,7 @@ def test_installer_wraps_every_kernel_once_and_keeps_the_state_dict(tiny_gdino_d
     assert install_deformable_sampler(model) == layers  # idempotent: no wrapper around a wrapper
     wrappers = [m for m in model.modules() if isinstance(m, Float32Sampling)]
     assert len(wrappers) == layers
-    assert all(isinstance(m.inner, PointMajorDeformableAttention) for m in wrappers)
+    assert all(isinstance(m.inner, GatherDeformableAttention) for m in wrappers)
     assert list(model.state_dict()) == keys
     with pytest.raises(ValueError, match=r"parameter-free"):
         Float32Sampling(torch.nn.Linear(2, 2))
