@@ -37,6 +37,8 @@ from grounded_seg.official import (
 from grounded_seg.official.checkpoint import matches
 from grounded_seg.official.convert import mapped_state_dict
 from grounded_seg.prompts import normalize_prompt
+from grounded_seg.proposers.deformable import GatherDeformableAttention
+from grounded_seg.proposers.fusion import FactoredBiAttention
 from grounded_seg.proposers.grounding_dino import GroundingDinoProposer
 from grounded_seg.segmenters.sam import SamSegmenter
 
@@ -331,6 +333,10 @@ def test_grounding_dino_preprocessing_equals_official(gdino_dir, gdino_oracle, i
 def test_grounding_dino_swin_t_matches_official_stage_by_stage(gdino_dir, gdino_oracle, image):
     ref = gdino_oracle[2]
     proposer = GroundingDinoProposer.from_pretrained(gdino_dir, device="cpu")
+    # what is compared is the model as grounded_seg runs it: the leaner equivalents installed
+    modules = list(proposer.model.modules())
+    assert sum(isinstance(m, FactoredBiAttention) for m in modules) == 6
+    assert sum(isinstance(m, GatherDeformableAttention) for m in modules) == 12
     state = proposer.encode_image(image)
     ids = torch.tensor([proposer.text_passes(normalize_prompt(CAPTION))[0].input_ids])
     seen = {}

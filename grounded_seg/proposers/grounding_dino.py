@@ -33,6 +33,7 @@ from ..preprocessing import grounding_dino_pixels
 from ..prompts import Prompt, TextPass, class_scores, phrase_for, plan_text_passes
 from .base import Proposals
 from .deformable import install_deformable_sampler
+from .fusion import install_factored_fusion
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +153,11 @@ class GroundingDinoProposer:
         self.image_processor = image_processor
         self.nms_threshold = nms_threshold
         self.max_text_len = int(model.config.max_text_len)
-        # a leaner deformable-attention kernel, float32 under half precision (see .deformable)
+        # a leaner deformable-attention kernel, float32 under half precision (see .deformable),
+        # and the image<->text attention re-associated through the text side (see .fusion):
+        # the same outputs up to float32 rounding, the same state dict
         install_deformable_sampler(model)
+        install_factored_fusion(model)
 
     @classmethod
     def from_pretrained(

@@ -1,0 +1,157 @@
+"""Grounding DINO's bidirectional image<->text attention, computed without 1024-wide image tensors.
+
+In each of the six feature-enhancer layers, transformers' ``GroundingDinoBiMultiHeadAttention``
+projects all ``N`` image tokens (about 20k at 800 x 1200) three times between the model width
+``d`` (256) and the fusion width ``E = heads * head_dim`` (1024): image queries, image values and
+the image output projection, ``3 * N * d * E`` multiply-adds per layer. But the text has only ``T``
+tokens (a handful for most prompts; at most 256), and every one of those products is linear, so
+they can be re-associated through the ``T``-sized side:
+
+- logits: ``(X Wq_h^T + bq_h) K_h^T = X (Wq_h^T K_h^T) + bq_h K_h^T``: a ``(d, T)`` matrix per head
+  first, then one ``(N, d) @ (d, heads * T)`` product;
+- image output: ``out_proj(concat_h(P_h V_h)) = sum_h P_h (V_h Wo_h^T) + bo``: a ``(T, d)`` matrix
+  per head, then one ``(N, heads * T) @ (heads * T, d)`` product;
+- text output: ``P'_h (X Wv_h^T + bv_h) = (P'_h X) Wv_h^T + rowsum(P'_h) bv_h``.
+
+That is ``3 * N * d * heads * T`` instead of ``N * E * (3 d + 2 T)``: 1.9% of the work for a
+five-token prompt, 60% at the 256-token maximum, never more. Everything between the products (the
+global-max shift, the +-50000 clamp, the masks, both softmaxes, dropout) is the original's, in the
+original's order, on the same ``(batch * heads, N, T)`` logits, so the outputs (and the returned
+attention weights) are the same up to float32 rounding.
+
+:func:`install_factored_fusion` swaps each ``fusion_layer.attn`` for a
+:class:`FactoredBiAttention` that holds the same six ``nn.Linear`` modules under the same names:
+the state dict, ``save_pretrained`` and loading are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+ORIGINAL_CLASS_NAME = "GroundingDinoBiMultiHeadAttention"
+_PROJECTIONS = (
+    "vision_proj",
+    "text_proj",
+    "values_vision_proj",
+    "values_text_proj",
+    "out_vision_proj",
+    "out_text_proj",
+)
+_CLAMP = 50000.0  # the original's bound on shifted logits (half precision's range)
+
+
+class FactoredBiAttention(nn.Module):
+    """Same inputs, outputs and parameters as transformers' ``GroundingDinoBiMultiHeadAttention``.
+
+    ``forward(vision_features (B, N, d), text_features (B, T, d), vision_attention_mask (B, N)
+    bool or None, text_attention_mask (B, T) bool or None)`` with masks True at padding. Returns
+    ``((vision_out (B, N, d), vision_weights (B*heads, N, T)), (text_out (B, T, d), text_weights
+    (B*heads, T, N)))``, the weights after softmax and before dropout.
+    """
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        missing = [
+            n for n in (*_PROJECTIONS, "num_heads", "head_dim", "scale") if not hasattr(original, n)
+        ]
+        if missing:
+            raise ValueError(
+                f"expected a GroundingDinoBiMultiHeadAttention, got {type(original).__name__} "
+                f"without {missing}"
+            )
+        self.num_heads = int(original.num_heads)
+        self.head_dim = int(original.head_dim)
+        self.embed_dim = self.num_heads * self.head_dim
+        self.scale = float(original.scale)
+        self.dropout = float(getattr(original, "dropout", 0.0))
+        for name in _PROJECTIONS:
+            setattr(self, name, getattr(original, name))
+
+    def forward(
+        self,
+        vision_features: torch.Tensor,
+        text_features: torch.Tensor,
+        vision_attention_mask: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        batch, n_vision, dim = vision_features.shape
+        if text_features.dim() != 3 or text_features.shape[0] != batch:
+            raise ValueError(
+                f"expected text_features (B={batch}, T, d), got {tuple(text_features.shape)}"
+            )
+        n_text = text_features.shape[1]
+        heads, head_dim = self.num_heads, self.head_dim
+
+        # logits (B*heads, N, T) = (X Wq^T + bq) * scale @ K^T, associated through the text side
+        keys = self.text_proj(text_features).view(batch, n_text, heads, head_dim)
+        wq = self.vision_proj.weight.view(heads, head_dim, dim)
+        query_map = torch.einsum("hed,bthe->bdht", wq, keys) * self.scale  # (B, d, heads, T)
+        logits = vision_features @ query_map.reshape(batch, dim, heads * n_text)
+        if self.vision_proj.bias is not None:
+            bias = torch.einsum("he,bthe->bht", self.vision_proj.bias.view(heads, head_dim), keys)
+            logits = logits + (bias * self.scale).reshape(batch, 1, heads * n_text)
+        attn = logits.view(batch, n_vision, heads, n_text).permute(0, 2, 1, 3)
+        attn = attn.reshape(batch * heads, n_vision, n_text)
+
+        # the original's normalisation, unchanged
+        attn = (attn - attn.max()).clamp(min=-_CLAMP, max=_CLAMP)
+        text_attn = attn.transpose(1, 2)
+        text_attn = (text_attn - text_attn.max(dim=-1, keepdim=True)[0]).clamp(
+            min=-_CLAMP, max=_CLAMP
+        )
+        if vision_attention_mask is not None:
+            mask = vision_attention_mask[:, None, None, :].repeat(1, heads, 1, 1).flatten(0, 1)
+            text_attn = text_attn.masked_fill(mask, float("-inf"))
+        text_weights = text_attn.softmax(dim=-1)  # (B*heads, T, N)
+        if text_attention_mask is not None:
+            mask = text_attention_mask[:, None, None, :].repeat(1, heads, 1, 1).flatten(0, 1)
+            attn = attn.masked_fill(mask, float("-inf"))
+        vision_weights = attn.softmax(dim=-1)  # (B*heads, N, T)
+        vision_probs = functional.dropout(vision_weights, p=self.dropout, training=self.training)
+        text_probs = functional.dropout(text_weights, p=self.dropout, training=self.training)
+
+        # image output: sum_h P_h (V_h Wo_h^T) + bo
+        values = self.values_text_proj(text_features).view(batch, n_text, heads, head_dim)
+        wo = self.out_vision_proj.weight.view(dim, heads, head_dim)
+        value_map = torch.einsum("bthe,dhe->bhtd", values, wo)  # (B, heads, T, d)
+        probs = vision_probs.view(batch, heads, n_vision, n_text).permute(0, 2, 1, 3)
+        vision_out = probs.reshape(batch, n_vision, heads * n_text) @ value_map.reshape(
+            batch, heads * n_text, dim
+        )
+        if self.out_vision_proj.bias is not None:
+            vision_out = vision_out + self.out_vision_proj.bias
+
+        # text output: (P'_h X) Wv_h^T + rowsum(P'_h) bv_h, then the text output projection
+        probs = text_probs.view(batch, heads, n_text, n_vision)
+        pooled = probs @ vision_features[:, None]  # (B, heads, T, d)
+        wv = self.values_vision_proj.weight.view(heads, head_dim, dim)
+        text_values = torch.einsum("bhtd,hed->bthe", pooled, wv)  # (B, T, heads, head_dim)
+        if self.values_vision_proj.bias is not None:
+            mass = probs.sum(-1).transpose(1, 2)  # (B, T, heads): 1 unless dropout or masks
+            text_values = text_values + mass[..., None] * self.values_vision_proj.bias.view(
+                heads, head_dim
+            )
+        text_out = self.out_text_proj(text_values.reshape(batch, n_text, self.embed_dim))
+        return (vision_out, vision_weights), (text_out, text_weights)
+
+
+def install_factored_fusion(model: nn.Module) -> int:
+    """Replace every ``GroundingDinoBiMultiHeadAttention`` in ``model`` with a
+    :class:`FactoredBiAttention` holding the same projections.
+
+    Idempotent; the state dict keys and tensors are unchanged. Returns how many are installed
+    after the call (6 for Grounding DINO Swin-T, one per enhancer layer).
+    """
+    installed = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FactoredBiAttention):
+                installed += 1
+            elif type(child).__name__ == ORIGINAL_CLASS_NAME:
+                replacement = FactoredBiAttention(child)
+                replacement.train(child.training)
+                setattr(parent, name, replacement)
+                installed += 1
+    return installed
