@@ -117,9 +117,34 @@ def test_every_grounding_dino_kernel_is_replaced_and_outputs_agree() -> None:
         before = model(**inputs)
     replaced = install_deformable_sampler(model)
     assert replaced == config.encoder_layers + config.decoder_layers
-    assert not any(isinstance(m, MultiScaleDeformableAttention) for m in model.modules())
+    kernels = [m for m in model.modules() if isinstance(m, GatherDeformableAttention)]
+    assert len(kernels) == replaced
+    # transformers' kernels remain only as the fallbacks of devices without embedding_bag
+    originals = [m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)]
+    assert {id(m) for m in originals} == {id(k.fallback) for k in kernels}
     with torch.inference_mode():
         after = model(**inputs)
     torch.testing.assert_close(after.logits, before.logits, rtol=0, atol=1e-4)
     torch.testing.assert_close(after.pred_boxes, before.pred_boxes, rtol=0, atol=1e-5)
     assert install_deformable_sampler(model) == replaced  # idempotent: nothing wrapped twice
+
+
+def test_devices_without_embedding_bag_take_the_fallback(monkeypatch) -> None:
+    from grounded_seg.proposers import deformable
+
+    args = _inputs(1, 20, 1.0, seed=2)
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, *inputs):
+            calls.append(len(inputs))
+            return MultiScaleDeformableAttention()(*inputs)
+
+    kernel = GatherDeformableAttention(fallback=Spy())
+    gathered = kernel(*args)
+    assert calls == []
+    monkeypatch.setattr(deformable, "GATHER_DEVICES", frozenset({"cuda"}))  # as if on MPS
+    torch.testing.assert_close(kernel(*args), gathered, rtol=0, atol=5e-6)
+    assert calls == [7]
+    with pytest.raises(ValueError, match="fallback"):
+        GatherDeformableAttention()(*args)

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional
 
 SAMPLER_CLASS_NAME = "MultiScaleDeformableAttention"
+GATHER_DEVICES = frozenset({"cpu", "cuda"})  # device types with embedding_bag
 
 
 class GatherDeformableAttention(nn.Module):
@@ -51,7 +52,14 @@ class GatherDeformableAttention(nn.Module):
     masks: coordinates are clamped to that border first, where both corners of an outside point
     are zeros or carry weight 0. Differentiable in all three float inputs (``floor`` is not, as in
     ``grid_sample``).
+
+    ``fallback`` (the module it replaces) runs instead on devices without ``embedding_bag``
+    (MPS, as of torch 2.13); the CPU and CUDA take the gather.
     """
+
+    def __init__(self, fallback: nn.Module | None = None) -> None:
+        super().__init__()
+        self.fallback = fallback
 
     def forward(
         self,
@@ -63,6 +71,21 @@ class GatherDeformableAttention(nn.Module):
         attention_weights: torch.Tensor,
         im2col_step: int,
     ) -> torch.Tensor:
+        if value.device.type not in GATHER_DEVICES:
+            if self.fallback is None:
+                raise ValueError(
+                    f"expected a tensor on one of {sorted(GATHER_DEVICES)} (or a fallback kernel), "
+                    f"got {value.device.type}"
+                )
+            return self.fallback(
+                value,
+                value_spatial_shapes,
+                value_spatial_shapes_list,
+                level_start_index,
+                sampling_locations,
+                attention_weights,
+                im2col_step,
+            )
         batch, _, heads, channels = value.shape
         queries, levels, points = sampling_locations.shape[1], *sampling_locations.shape[3:5]
         shapes = [(int(h), int(w)) for h, w in value_spatial_shapes_list]
@@ -170,7 +193,7 @@ def _is_float(value: Any) -> bool:
 
 def install_deformable_sampler(model: torch.nn.Module) -> int:
     """Replace every transformers ``MultiScaleDeformableAttention`` kernel module of ``model``
-    with ``Float32Sampling(GatherDeformableAttention())``.
+    with ``Float32Sampling(GatherDeformableAttention(fallback=<the replaced kernel>))``.
 
     Idempotent; the state dict is unchanged (the kernels hold no tensors). Returns how many
     kernels are installed after the call (12 for Grounding DINO Swin-T: 6 enhancer layers,
@@ -178,12 +201,12 @@ def install_deformable_sampler(model: torch.nn.Module) -> int:
     """
     installed = 0
     for parent in list(model.modules()):
-        if isinstance(parent, Float32Sampling):
-            continue
+        if isinstance(parent, (Float32Sampling, GatherDeformableAttention)):
+            continue  # installed: its kernel and its fallback stay as they are
         for name, child in list(parent.named_children()):
             if isinstance(child, Float32Sampling):
                 installed += 1
             elif type(child).__name__ == SAMPLER_CLASS_NAME:
-                setattr(parent, name, Float32Sampling(GatherDeformableAttention()))
+                setattr(parent, name, Float32Sampling(GatherDeformableAttention(fallback=child)))
                 installed += 1
     return installed
