@@ -129,7 +129,7 @@ class FactoredBiAttention(nn.Module):
         wv = self.values_vision_proj.weight.view(heads, head_dim, dim)
         text_values = torch.einsum("bhtd,hed->bthe", pooled, wv)  # (B, T, heads, head_dim)
         if self.values_vision_proj.bias is not None:
-            mass = probs.sum(-1).transpose(1, 2)  # (B, T, heads): 1 unless dropout or masks
+            mass = probs.sum(-1).transpose(1, 2)  # (B, T, heads): 1 unless dropout is on
             text_values = text_values + mass[..., None] * self.values_vision_proj.bias.view(
                 heads, head_dim
             )
