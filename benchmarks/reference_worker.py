@@ -94,7 +94,8 @@ class Reference:
         return {"checkpoint": str(checkpoint)}
 
     def calibrate(self, req: dict) -> dict:
-        """A box threshold midway between the n-th and (n+1)-th best query of the prompt."""
+        """A box threshold midway between the n-th and (n+1)-th best query of the prompt, and the
+        n + 1 best query scores (best first)."""
         import official_runner
         from groundingdino.util.inference import load_image, preprocess_caption
 
@@ -103,7 +104,12 @@ class Reference:
             logits = self.gdino(
                 image[None].to(self.device), captions=[preprocess_caption(req["prompt"])]
             )["pred_logits"][0]
-        return {"box_threshold": official_runner.midway_threshold(logits.sigmoid(), req["boxes"])}
+        probs = logits.sigmoid()
+        ranked = probs.max(-1).values.sort(descending=True).values[: req["boxes"] + 1]
+        return {
+            "box_threshold": official_runner.midway_threshold(probs, req["boxes"]),
+            "ranked": [float(v) for v in ranked.cpu()],
+        }
 
     # ---- the timed path ----------------------------------------------------------------------
 

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from _stages import StageMeter
-from vs_reference import Run, compare
+from vs_reference import N_BOXES, Run, common_threshold, compare
 
 
 def test_stage_meter_counts_each_stage_exactly() -> None:
@@ -79,6 +80,27 @@ def test_compare_matches_boxes_in_any_order_and_counts_mask_pixels() -> None:
 
     fewer = compare(_run([boxes], [masks]), _run([ref_boxes[:1]], [ref_masks[:1]]))
     assert not fewer.same_counts and "differ" in fewer.line()
+
+
+def test_threshold_sends_the_same_number_of_boxes_through_both_pipelines() -> None:
+    # the scores of image 0 and "black cat" in a CPU run: the reference's midway (0.57977426)
+    # let grounded_seg's fourth query (0.5797745, float32 rounding 1.2e-5 higher) through
+    reference = [0.5801034, 0.5798122, 0.5797859, 0.5797626]
+    ours = [0.5801164, 0.5798211, 0.5797967, 0.5797745]
+    assert N_BOXES == 3
+    calibration = common_threshold(reference, ours)
+    assert calibration.common_gap
+    for side in (reference, ours):
+        assert sum(score > calibration.threshold for score in side) == N_BOXES
+    assert calibration.threshold == pytest.approx((0.5797745 + 0.5797859) / 2)
+    assert calibration.margin == pytest.approx((0.5797859 - 0.5797745) / 2)
+    assert calibration.score_diff == pytest.approx(0.5801164 - 0.5801034)  # the best scores
+
+    # the gaps do not overlap (ours keeps its 4th above the reference's 3rd): the reference's
+    # midway is kept and said to be so
+    apart = common_threshold([0.9, 0.8, 0.7, 0.6], [0.95, 0.9, 0.85, 0.75])
+    assert not apart.common_gap and apart.threshold == pytest.approx(0.65)
+    assert apart.margin == pytest.approx(0.05)
 
 
 def test_attention_flops_are_counted_on_the_cpu() -> None:
