@@ -94,9 +94,9 @@ class Reference:
         return {"checkpoint": str(checkpoint)}
 
     def calibrate(self, req: dict) -> dict:
-        """A box threshold midway between the n-th and (n+1)-th best query of the prompt, and the
-        n + 1 best query scores (best first)."""
-        import official_runner
+        """The n + 1 best query scores of the prompt (best first), each query's best token
+        probability, as ``predict`` compares them with the box threshold; the caller places the
+        threshold between the n-th and the (n+1)-th."""
         from groundingdino.util.inference import load_image, preprocess_caption
 
         _, image = load_image(req["image"])
@@ -104,12 +104,8 @@ class Reference:
             logits = self.gdino(
                 image[None].to(self.device), captions=[preprocess_caption(req["prompt"])]
             )["pred_logits"][0]
-        probs = logits.sigmoid()
-        ranked = probs.max(-1).values.sort(descending=True).values[: req["boxes"] + 1]
-        return {
-            "box_threshold": official_runner.midway_threshold(probs, req["boxes"]),
-            "ranked": [float(v) for v in ranked.cpu()],
-        }
+        ranked = logits.sigmoid().max(-1).values.sort(descending=True).values[: req["boxes"] + 1]
+        return {"ranked": [float(v) for v in ranked.cpu()]}
 
     # ---- the timed path ----------------------------------------------------------------------
 
