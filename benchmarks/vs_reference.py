@@ -499,7 +499,8 @@ def run(args: argparse.Namespace) -> int:
         load_start = time.perf_counter()
         # the very instance segment() keeps warm for these arguments, so the "cold segment()"
         # runs of case 3 and the per-image-cache runs share one copy of the models
-        gs = api._warm_predictor(detector, segmenter, str(device), None, "grounding_dino")
+        proposer, sam = api._warm.get((detector, segmenter, str(device), None, "grounding_dino"))
+        gs = GroundedSAM(detector=proposer, segmenter=sam)
         load_seconds = time.perf_counter() - load_start
         cold = {"detector": detector, "segmenter": segmenter, "device": str(device)}
 

@@ -1,9 +1,24 @@
-"""Strict loading of transformers models and their processors, with errors that say what to do."""
+"""Strict loading of transformers models and their processors, with errors that say what to do.
+
+Two rules beyond strictness:
+
+* **No code from a model folder runs.** Every ``from_pretrained`` gets ``trust_remote_code=False``,
+  and a local folder whose JSON files carry an ``auto_map`` (the hook transformers uses to
+  import a ``.py`` shipped with the weights) is refused before transformers reads it, with an
+  :class:`InvalidWeightsError` instead of transformers' interactive "run the custom code?"
+  prompt.
+* **One load at a time.** transformers' loading switches process-wide state while it runs
+  (the default dtype, the skipped weight initialisation, lazy imports of its own modules), so
+  two threads loading at once could build a model with missing weights. Every load holds
+  ``_LOAD_LOCK``; models, once loaded, are shared freely.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +32,9 @@ logger = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# reentrant: resolving an official checkpoint converts it, which loads a model too
+_LOAD_LOCK = threading.RLock()
+_NO_REMOTE_CODE = {"trust_remote_code": False}
 
 
 def _offline() -> bool:
@@ -26,7 +44,7 @@ def _offline() -> bool:
 
 def _location(source: ModelSource) -> tuple[str, dict[str, Any]]:
     if source.local_dir is not None:
-        return str(source.local_dir), {"local_files_only": True}
+        return str(source.local_dir), {"local_files_only": True, **_NO_REMOTE_CODE}
     assert source.spec is not None  # resolve_model gives a folder or a spec
     if source.spec.hub_id is None:
         raise WeightsNotFoundError(
@@ -34,7 +52,7 @@ def _location(source: ModelSource) -> tuple[str, dict[str, Any]]:
             f"{', '.join(str(d / str(source.spec.bundled)) for d in weights_dirs())}; "
             f"{how_to_get(source)}"
         )
-    kwargs: dict[str, Any] = {"local_files_only": _offline()}
+    kwargs: dict[str, Any] = {"local_files_only": _offline(), **_NO_REMOTE_CODE}
     if source.spec.revision:
         kwargs["revision"] = source.spec.revision
     return source.spec.hub_id, kwargs
@@ -59,6 +77,33 @@ def how_to_get(source: ModelSource) -> str:
     )
 
 
+def refuse_remote_code(folder: Path, role: str, label: str) -> None:
+    """``InvalidWeightsError`` when a JSON file of ``folder`` asks to import code it ships
+    (an ``auto_map`` entry): grounded_seg only runs the model classes transformers itself has."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # not ours to judge here: the loader reports unreadable files
+        if isinstance(content, dict) and "auto_map" in content:
+            raise InvalidWeightsError(
+                f"{role} {label!r}: {path} names custom code to import (auto_map); "
+                "grounded_seg runs no code shipped with a model. Use a folder holding a model "
+                "transformers knows (model_type and processor classes of its own)"
+            )
+
+
+def _without_remote_code_advice(err: BaseException) -> str:
+    """transformers' message, minus its advice to enable remote code (never ours to give)."""
+    text = str(err)
+    if "trust_remote_code" not in text:
+        return text
+    return (
+        "it needs custom code shipped with the model (transformers asks for "
+        "trust_remote_code); grounded_seg runs no such code"
+    )
+
+
 def _weights_file(folder: Path) -> Path:
     for name in _WEIGHT_FILES:
         if (folder / name).is_file():
@@ -80,7 +125,12 @@ def load_config(source: ModelSource, expected_model_type: str, role: str) -> Any
     except (OSError, ValueError) as err:
         if source.local_dir is not None:
             raise InvalidWeightsError(
-                f"{role} {source.label!r}: could not read {source.local_dir / 'config.json'}: {err}"
+                f"{role} {source.label!r}: could not read {source.local_dir / 'config.json'}: "
+                f"{_without_remote_code_advice(err)}"
+            ) from err
+        if "trust_remote_code" in str(err):
+            raise InvalidWeightsError(
+                f"{role} {source.label!r}: {location}: {_without_remote_code_advice(err)}"
             ) from err
         raise WeightsNotFoundError(
             f"{role} {source.label!r}: weights not found locally (searched "
@@ -121,7 +171,8 @@ def load_model(
             ) from err
         raise InvalidWeightsError(
             f"{role} {source.label!r}: could not load weights from {where}: "
-            f"{type(err).__name__}: {err}. The file may be truncated or corrupt; "
+            f"{type(err).__name__}: {_without_remote_code_advice(err)}. The file may be "
+            "truncated or corrupt; "
             f"{how_to_get(source)}"
         ) from err
     problems = {
@@ -147,8 +198,8 @@ def load_component(source: ModelSource, loader: Any, role: str, what: str) -> An
         return loader.from_pretrained(location, **kwargs)
     except (OSError, ValueError, TypeError) as err:
         raise InvalidWeightsError(
-            f"{role} {source.label!r}: could not load its {what} from {location}: {err}. "
-            f"{how_to_get(source)}"
+            f"{role} {source.label!r}: could not load its {what} from {location}: "
+            f"{_without_remote_code_advice(err)}. {how_to_get(source)}"
         ) from err
 
 
@@ -156,21 +207,40 @@ def load_pretrained(
     name_or_path: str | os.PathLike,
     role: str,
     model_type: str,
-    model_cls: type[ModelT],
+    model_cls: type[ModelT] | str,
     components: dict[str, Any],
     device: str | torch.device | None = None,
 ) -> tuple[ModelT, dict[str, Any]]:
     """Resolve a name or path, check its ``model_type``, load the model strictly (float32) on
-    ``device``, then each component (``{"tokenizer": AutoTokenizer, ...}``)."""
+    ``device``, then each component (``{"tokenizer": "AutoTokenizer", ...}``).
+
+    Classes may be given by their name in ``transformers`` (imported under the lock: its lazy
+    imports are not thread-safe either). Thread-safe: loads run one at a time.
+    """
     from .devices import resolve_device
     from .registry import resolve_model
 
     torch_device = resolve_device(device)
-    source = resolve_model(name_or_path, role)
-    config = load_config(source, model_type, role)
-    model = load_model(source, model_cls, config, role, torch_device)
-    loaded = {
-        what: load_component(source, loader, role, what.replace("_", " "))
-        for what, loader in components.items()
-    }
+    with _LOAD_LOCK:
+        source = resolve_model(name_or_path, role)
+        if source.local_dir is not None:
+            logger.info("%s %r: loading %s", role, source.label, source.local_dir)
+            refuse_remote_code(source.local_dir, role, source.label)
+        else:
+            logger.info("%s %r: loading %s from the Hugging Face cache or hub", role,
+                        source.label, source.hub_id)  # fmt: skip
+        config = load_config(source, model_type, role)
+        model = load_model(source, _transformers_class(model_cls), config, role, torch_device)
+        loaded = {
+            what: load_component(source, _transformers_class(loader), role, what.replace("_", " "))
+            for what, loader in components.items()
+        }
     return model, loaded
+
+
+def _transformers_class(cls: Any) -> Any:
+    if isinstance(cls, str):
+        import transformers
+
+        return getattr(transformers, cls)
+    return cls

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import logging
+import threading
+from typing import Any
 
 import supervision as sv
 import torch
@@ -16,23 +17,50 @@ from .proposers import PROPOSERS
 logger = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=1)
-def _warm_predictor(
-    detector: ModelRef | None,
-    segmenter: ModelRef,
-    device: str | None,
-    dtype: str | None,
-    proposer: str,
-) -> GroundedSAM:
-    logger.info("loading %s detector %s and segmenter %s", proposer, detector, segmenter)
-    return GroundedSAM(
-        detector=detector, segmenter=segmenter, device=device, dtype=dtype, proposer=proposer
-    )
+class _WarmModels:
+    """The last proposer and segmenter ``segment()`` loaded, loaded once per key under a lock.
+
+    ``functools.lru_cache`` alone let four threads starting at once each load the models (and
+    transformers' loading is not thread-safe); here the first caller loads while the others
+    wait for its result. The models are shared; every call gets its own ``GroundedSAM`` around
+    them, so no image state is shared between calls.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._models: tuple[Any, Any] | None = None
+        self.loads = 0  # how many times a pair was loaded (lets tests check the warm path)
+
+    def get(self, key: tuple) -> tuple[Any, Any]:
+        with self._lock:
+            if self._key != key or self._models is None:
+                detector, segmenter, device, dtype, proposer = key
+                logger.info("loading %s detector %s, segmenter %s", proposer, detector, segmenter)
+                self._key, self._models = None, None  # the old pair is released before loading
+                loaded = GroundedSAM(
+                    detector=detector,
+                    segmenter=segmenter,
+                    device=device,
+                    dtype=dtype,
+                    proposer=proposer,
+                )
+                self._key, self._models = key, (loaded.proposer, loaded.segmenter)
+                self.loads += 1
+            return self._models
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._models = None, None
+
+
+_warm = _WarmModels()
 
 
 def clear_model_cache() -> None:
-    """Release the models ``segment()`` keeps warm (they load again on the next call)."""
-    _warm_predictor.cache_clear()
+    """Release the models ``segment()`` keeps warm (they load again on the next call).
+    Calls already running keep the models they hold until they return."""
+    _warm.clear()
 
 
 def segment(
@@ -63,6 +91,10 @@ def segment(
     models stays loaded for the next call (``clear_model_cache()`` releases it). The result is
     described in :meth:`GroundedSAM.predict`.
 
+    Safe to call from several threads at once: the models load once (the other callers wait),
+    are shared read-only, and each call keeps its image's state to itself; results are the
+    same as sequential calls'.
+
     >>> det = segment("cats.jpg", "black cat")                       # doctest: +SKIP
     >>> det.xyxy, det.mask.shape, det.data["class_name"]             # doctest: +SKIP
     """
@@ -75,9 +107,11 @@ def segment(
     dtype_key = None if dtype is None else str(dtype).removeprefix("torch.")
     if proposer not in PROPOSERS:
         raise ValueError(f"proposer: expected one of {sorted(PROPOSERS)}, got {proposer!r}")
-    predictor = _warm_predictor(detector, segmenter, device_key, dtype_key, proposer)
+    proposer_model, segmenter_model = _warm.get(
+        (detector, segmenter, device_key, dtype_key, proposer)
+    )
+    # a predictor of this call's own around the shared models: its image state is not shared,
+    # and the warm models keep no reference to the user's image
+    predictor = GroundedSAM(detector=proposer_model, segmenter=segmenter_model)
     predictor.set_image(rgb)
-    try:
-        return predictor.predict(normalized, box_threshold, text_threshold)
-    finally:
-        predictor.reset_image()  # the warm models keep no reference to the user's image
+    return predictor.predict(normalized, box_threshold, text_threshold)

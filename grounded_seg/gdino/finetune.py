@@ -354,8 +354,6 @@ def fine_tune_grounding_dino(
     never over the input model. Interrupted runs resume from ``output_dir/checkpoint.pt``.
     Returns the report (config, curve, seconds).
     """
-    from transformers import AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection
-
     from .._loading import load_pretrained
     from ..evaluation import load_coco_dataset
     from ..registry import resolve_model
@@ -373,8 +371,8 @@ def fine_tune_grounding_dino(
         model,
         "detector",
         "grounding-dino",
-        GroundingDinoForObjectDetection,
-        {"tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor},
+        "GroundingDinoForObjectDetection",
+        {"tokenizer": "AutoTokenizer", "image_processor": "AutoImageProcessor"},
         device,
     )
     network.config.auxiliary_loss = True

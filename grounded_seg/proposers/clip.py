@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,10 @@ class ClipScorer:
         # None: the weights' own dtype; bfloat16/float16: forward passes under autocast
         self.compute_dtype = None if dtype is None else resolve_dtype(dtype, self.device)
         self.tokenizer = tokenizer
+        # a fast tokenizer keeps its padding and truncation settings in state that every call
+        # sets: two threads calling it at once got each other's settings (and errors), so calls
+        # take turns; the model itself is shared freely
+        self._tokenizer_lock = threading.Lock()
         self.image_processor = image_processor
         self.max_text_len = int(model.config.text_config.max_position_embeddings)
 
@@ -83,13 +88,15 @@ class ClipScorer:
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised embeddings ``(T, D)``; a text longer than CLIP's window is refused."""
-        for text in texts:
-            length = len(self.tokenizer(text)["input_ids"])
-            if length > self.max_text_len:
-                raise ValueError(
-                    f"text {text!r} is {length} tokens; CLIP reads at most {self.max_text_len}"
-                )
-        inputs = self.tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
+        with self._tokenizer_lock:
+            for text in texts:
+                length = len(self.tokenizer(text)["input_ids"])
+                if length > self.max_text_len:
+                    raise ValueError(
+                        f"text {text!r} is {length} tokens; CLIP reads at most {self.max_text_len}"
+                    )
+            inputs = self.tokenizer(list(texts), padding=True, return_tensors="pt")
+        inputs = inputs.to(self.device)
         with autocast(self.device, self.compute_dtype):
             output = self.model.get_text_features(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
@@ -185,15 +192,13 @@ class ClipProposer:
 
         A ``grounded_seg.json`` in the model folder may set ``template``, ``background_texts``,
         ``distractors`` and ``crop_views`` calibrated for that model; ``kwargs`` override them."""
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-
         compute_dtype = resolve_dtype(dtype, resolve_device(device), warn=False)
         model, parts = load_pretrained(
             name_or_path,
             "detector",
             "clip",
-            CLIPModel,
-            {"tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor},
+            "CLIPModel",
+            {"tokenizer": "AutoTokenizer", "image_processor": "AutoImageProcessor"},
             device,
         )
         tokenizer, image_processor = parts["tokenizer"], parts["image_processor"]

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from ._install import replace_modules
+
 SAMPLER_CLASS_NAME = "MultiScaleDeformableAttention"
 GATHER_DEVICES = frozenset({"cpu", "cuda"})  # device types with embedding_bag
 
@@ -199,14 +201,9 @@ def install_deformable_sampler(model: torch.nn.Module) -> int:
     kernels are installed after the call (12 for Grounding DINO Swin-T: 6 enhancer layers,
     6 decoder layers).
     """
-    installed = 0
-    for parent in list(model.modules()):
-        if isinstance(parent, (Float32Sampling, GatherDeformableAttention)):
-            continue  # installed: its kernel and its fallback stay as they are
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Float32Sampling):
-                installed += 1
-            elif type(child).__name__ == SAMPLER_CLASS_NAME:
-                setattr(parent, name, Float32Sampling(GatherDeformableAttention(fallback=child)))
-                installed += 1
-    return installed
+    return replace_modules(
+        model,
+        SAMPLER_CLASS_NAME,
+        Float32Sampling,
+        lambda kernel: Float32Sampling(GatherDeformableAttention(fallback=kernel)),
+    )

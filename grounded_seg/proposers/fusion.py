@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from ._install import replace_modules
+
 ORIGINAL_CLASS_NAME = "GroundingDinoBiMultiHeadAttention"
 _PROJECTIONS = (
     "vision_proj",
@@ -144,14 +146,4 @@ def install_factored_fusion(model: nn.Module) -> int:
     Idempotent; the state dict keys and tensors are unchanged. Returns how many are installed
     after the call (6 for Grounding DINO Swin-T, one per enhancer layer).
     """
-    installed = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, FactoredBiAttention):
-                installed += 1
-            elif type(child).__name__ == ORIGINAL_CLASS_NAME:
-                replacement = FactoredBiAttention(child)
-                replacement.train(child.training)
-                setattr(parent, name, replacement)
-                installed += 1
-    return installed
+    return replace_modules(model, ORIGINAL_CLASS_NAME, FactoredBiAttention, FactoredBiAttention)

@@ -16,10 +16,9 @@ reused by every prompt (and every pass of a long prompt) on that image.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ from ..boxes import class_aware_nms, normalized_cxcywh_to_pixels
 from ..devices import autocast, resolve_device, resolve_dtype
 from ..preprocessing import grounding_dino_pixels
 from ..prompts import Prompt, TextPass, class_scores, phrase_for, plan_text_passes
+from .backbone_cache import backbone_cache, install_backbone_cache
 from .base import Proposals
 from .deformable import install_deformable_sampler
 from .fusion import install_factored_fusion
@@ -104,32 +104,6 @@ def merge_passes(parts: list[Proposals], nms_threshold: float) -> Proposals:
     return Proposals(xyxy[keep], scores[keep], class_ids[keep], [phrases[i] for i in keep])
 
 
-@contextlib.contextmanager
-def _reuse_backbone(model: torch.nn.Module, cache: dict[str, Any]) -> Iterator[None]:
-    """Within the block, the image backbone runs once and its output is reused.
-
-    The backbone module keeps its weights and its class; only this instance's ``forward`` is
-    routed through ``cache`` for the duration of the block.
-    """
-    backbone = model.model.backbone
-    shadowed = vars(backbone).get("forward")  # an instance-level forward someone else set
-    original = backbone.forward
-
-    def forward(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> Any:
-        if "output" not in cache:
-            cache["output"] = original(pixel_values, pixel_mask)
-        return cache["output"]
-
-    backbone.forward = forward
-    try:
-        yield
-    finally:
-        if shadowed is None:
-            del backbone.forward
-        else:
-            backbone.forward = shadowed
-
-
 class GroundingDinoProposer:
     """Boxes from a text prompt with Grounding DINO.
 
@@ -150,6 +124,9 @@ class GroundingDinoProposer:
         # None: the weights' own dtype; bfloat16/float16: forward passes under autocast
         self.compute_dtype = None if dtype is None else resolve_dtype(dtype, self.device)
         self.tokenizer = tokenizer
+        # a fast tokenizer keeps its padding and truncation settings in state that every call
+        # sets: calls from several threads must take turns (see ClipScorer.embed_texts)
+        self._tokenizer_lock = threading.Lock()
         self.image_processor = image_processor
         self.nms_threshold = nms_threshold
         self.max_text_len = int(model.config.max_text_len)
@@ -158,6 +135,9 @@ class GroundingDinoProposer:
         # the same outputs up to float32 rounding, the same state dict
         install_deformable_sampler(model)
         install_factored_fusion(model)
+        # the image backbone's output reused by every prompt on an image, through a cache
+        # that travels with each call (see .backbone_cache): safe when threads share the model
+        install_backbone_cache(model)
 
     @classmethod
     def from_pretrained(
@@ -172,15 +152,13 @@ class GroundingDinoProposer:
         ``dtype`` bfloat16/float16 is the opt-in fast path: float32 weights, forward passes under
         autocast (see ``grounded_seg.devices.resolve_dtype`` for where each is allowed).
         """
-        from transformers import AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection
-
         compute_dtype = resolve_dtype(dtype, resolve_device(device), warn=False)
         model, parts = load_pretrained(
             name_or_path,
             "detector",
             "grounding-dino",
-            GroundingDinoForObjectDetection,
-            {"tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor},
+            "GroundingDinoForObjectDetection",
+            {"tokenizer": "AutoTokenizer", "image_processor": "AutoImageProcessor"},
             device,
         )
         tokenizer, image_processor = parts["tokenizer"], parts["image_processor"]
@@ -218,7 +196,8 @@ class GroundingDinoProposer:
 
     def text_passes(self, prompt: Prompt) -> list[TextPass]:
         """The passes the prompt needs (one unless it exceeds the text encoder's window)."""
-        return plan_text_passes(prompt, self.tokenizer, self.max_text_len)
+        with self._tokenizer_lock:
+            return plan_text_passes(prompt, self.tokenizer, self.max_text_len)
 
     @torch.inference_mode()
     def forward_pass(
@@ -227,7 +206,7 @@ class GroundingDinoProposer:
         """Run the model for one pass: ``(Q, T)`` token logits and ``(Q, 4)`` normalised boxes."""
         input_ids = torch.tensor([text_pass.input_ids], device=self.device)
         with (
-            _reuse_backbone(self.model, state.backbone_cache),
+            backbone_cache(state.backbone_cache),
             autocast(self.device, self.compute_dtype),
         ):
             outputs = self.model(

@@ -135,15 +135,13 @@ class SamSegmenter:
         inductor helps. SAM-B encoder on 2 CPU threads (``benchmarks/compile_sam.py``):
         bfloat16 2.05 -> 1.77 s (1.16x); float32 no gain. Not yet measured on CUDA.
         """
-        from transformers import AutoImageProcessor, SamModel
-
         compute_dtype = resolve_dtype(dtype, resolve_device(device), warn=False)
         model, parts = load_pretrained(
             name_or_path,
             "segmenter",
             "sam",
-            SamModel,
-            {"image_processor": AutoImageProcessor},
+            "SamModel",
+            {"image_processor": "AutoImageProcessor"},
             device,
         )
         image_processor = parts["image_processor"]
