@@ -15,7 +15,8 @@
                  [--device DEV] [--box-threshold 0.0] [--json out.json] [--max-images N]
 
 Existing files are never replaced unless ``--overwrite`` is given, and the input image never is.
-Exit status: 0 on success, 2 for a bad argument or input, 1 when a model cannot be loaded.
+Exit status: 0 on success, 2 for a bad argument or input, 1 when a model cannot be loaded, 3 when
+a result could not be written (nothing half-written is left, no existing file replaced).
 """
 
 from __future__ import annotations
@@ -23,17 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import supervision as sv
 
 from .allocator import reuse_freed_memory
-from .errors import InvalidWeightsError, WeightsNotFoundError
+from .errors import InvalidWeightsError, OutputError, WeightsNotFoundError
+from .export import detections_to_json, json_writer, mask_paths, mask_writers
+from .outputs import atomic_write, check_output, image_format, image_writer, write_all
 from .registry import list_models
 
 logger = logging.getLogger("grounded_seg.cli")
@@ -134,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--overwrite", action="store_true", help="replace a finished model")
+    train.add_argument(
+        "--restart", action="store_true", help="ignore an interrupted run's checkpoint; start over"
+    )
     gdino = train.add_argument_group("gdino only")
     gdino.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (gdino only)")
     gdino.add_argument("--batch-size", type=int, default=None, help="scenes per step (gdino)")
@@ -155,7 +159,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from PIL import Image
 
     from .api import segment
     from .prompts import normalize_prompt
@@ -163,8 +166,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .visualize import annotate
 
     prompt = normalize_prompt(args.prompt)
-    _check_outputs(Path(), [Path(args.output)], args.overwrite)
-    _check_writable(argparse.Namespace(output=args.output, json_path=None, masks_dir=None))
+    output = check_output(args.output, overwrite=args.overwrite, flag="-o")
+    output_format = image_format(output)
     seed = HELD_OUT_SEEDS.start if args.seed is None else args.seed
     shown = [c for c in prompt.classes if c in PHRASES][:4]
     scene = make_scene(seed, phrases=shown or None)
@@ -190,7 +193,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     big.xyxy = detections.xyxy * scale
     big.mask = detections.mask.repeat(scale, axis=1).repeat(scale, axis=2)
     image = scene.image.repeat(scale, axis=0).repeat(scale, axis=1)
-    Image.fromarray(annotate(image, big)).save(args.output)
+    atomic_write(
+        output, image_writer(annotate(image, big), output_format), overwrite=args.overwrite
+    )
     print(f"wrote {args.output}")
     return 0
 
@@ -202,8 +207,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_threshold("--box-threshold", args.box_threshold)
     check_threshold("--text-threshold", args.text_threshold)
     if args.json_path:
-        _check_outputs(Path(args.annotations), [Path(args.json_path)], args.overwrite)
-        _check_writable(argparse.Namespace(output=None, json_path=args.json_path, masks_dir=None))
+        check_output(
+            args.json_path, inputs=[args.annotations], overwrite=args.overwrite, flag="--json"
+        )
     try:  # the data set is checked before any model loads
         dataset = load_coco_dataset(args.annotations, args.images, max_images=args.max_images)
     except ImportError as err:
@@ -225,14 +231,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     print(report.format_table())
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        atomic_write(args.json_path, json_writer(report.to_dict()), overwrite=args.overwrite)
         print(f"wrote {args.json_path}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"weights/shapes/{args.model}")
-    kwargs = {"seed": args.seed, "threads": args.threads, "overwrite": args.overwrite}
+    kwargs = {
+        "seed": args.seed,
+        "threads": args.threads,
+        "overwrite": args.overwrite,
+        "resume": not args.restart,
+    }
     if args.steps is not None:
         kwargs["steps"] = args.steps
     gdino_only = {
@@ -267,66 +278,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "object"
-
-
-def _mask_paths(masks_dir: Path, detections: sv.Detections) -> list[Path]:
-    names = detections.data.get("class_name", [])
-    return [masks_dir / f"{i:03d}_{_slug(str(names[i]))}.png" for i in range(len(detections))]
-
-
-def _check_outputs(image: Path, outputs: list[Path], overwrite: bool) -> None:
-    """Refuse outputs that would replace the input, each other, or (without --overwrite) a file."""
-    seen: dict[Path, Path] = {}
-    for path in outputs:
-        resolved = path.resolve()
-        if image.exists() and resolved == image.resolve():
-            raise ValueError(f"refusing to write over the input image {image}")
-        if resolved in seen:
-            raise ValueError(f"two outputs would be written to the same file: {seen[resolved]}")
-        seen[resolved] = path
-        if path.exists() and (path.is_dir() or not overwrite):
-            raise ValueError(f"{path} exists; pass --overwrite to replace it")
-
-
-def _check_writable(args: argparse.Namespace) -> None:
-    """Check the output arguments before any model loads."""
-    from PIL import Image
-
-    if args.output:
-        extension = Path(args.output).suffix.lower()
-        if extension not in Image.registered_extensions():
-            raise ValueError(
-                f"-o {args.output}: expected an image file name (.png, .jpg, ...), got "
-                f"extension {extension or '(none)'!r}"
-            )
-    for name in (args.output, args.json_path):
-        if name and not Path(name).resolve().parent.is_dir():
-            raise ValueError(f"{name}: the folder {Path(name).parent} does not exist")
-    if args.masks_dir and Path(args.masks_dir).exists() and not Path(args.masks_dir).is_dir():
-        raise ValueError(f"--masks-dir {args.masks_dir}: exists and is not a folder")
-
-
-def detections_to_json(detections: sv.Detections, mask_files: Sequence[Path] = ()) -> list[dict]:
-    """One JSON-ready dict per detection: box (xyxy pixels), scores, class and mask area."""
-    rows = []
-    for i in range(len(detections)):
-        row = {
-            "box_xyxy": [round(float(v), 2) for v in detections.xyxy[i]],
-            "confidence": round(float(detections.confidence[i]), 4),
-            "class_id": int(detections.class_id[i]),
-            "class_name": str(detections.data["class_name"][i]),
-            "phrase": str(detections.data["phrase"][i]),
-            "mask_score": round(float(detections.data["mask_score"][i]), 4),
-            "mask_area": int(detections.mask[i].sum()),
-        }
-        if mask_files:
-            row["mask_file"] = str(mask_files[i])
-        rows.append(row)
-    return rows
-
-
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .official import convert_checkpoint, sha256_of
 
@@ -349,8 +300,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from .api import segment
     from .images import load_image
     from .prompts import normalize_prompt
@@ -360,9 +309,27 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     image_path = Path(args.image)
     rgb = load_image(image_path)  # bad images fail here, before any model loads
     prompt = normalize_prompt(args.prompt)
-    planned = [Path(p) for p in (args.output, args.json_path) if p]
-    _check_writable(args)
-    _check_outputs(image_path, planned, args.overwrite)
+    # every output is checked before inference: a run that could not save fails in seconds
+    inputs = [image_path]
+    if args.output:
+        check_output(args.output, inputs=inputs, overwrite=args.overwrite, flag="-o")
+        output_format = image_format(args.output)
+    if args.json_path:
+        check_output(args.json_path, inputs=inputs, overwrite=args.overwrite, flag="--json")
+    if (
+        args.output
+        and args.json_path
+        and Path(args.output).resolve() == Path(args.json_path).resolve()
+    ):
+        raise ValueError(f"-o and --json name the same file: {args.output}")
+    masks_dir = Path(args.masks_dir) if args.masks_dir else None
+    if masks_dir is not None:
+        if masks_dir.exists() and not masks_dir.is_dir():
+            raise ValueError(f"--masks-dir {masks_dir}: exists and is not a folder")
+        if not masks_dir.exists() and not masks_dir.parent.is_dir():
+            raise ValueError(
+                f"--masks-dir {masks_dir}: the folder {masks_dir.parent} does not exist"
+            )
 
     start = time.perf_counter()
     detections = segment(
@@ -378,16 +345,16 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - start
 
+    outputs = []
     mask_files: list[Path] = []
-    if args.masks_dir:
-        masks_dir = Path(args.masks_dir)
-        mask_files = _mask_paths(masks_dir, detections)
-        _check_outputs(image_path, planned + mask_files, args.overwrite)
-        masks_dir.mkdir(parents=True, exist_ok=True)
-        for path, mask in zip(mask_files, detections.mask, strict=True):
-            Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    if masks_dir is not None:
+        mask_files = mask_paths(masks_dir, detections)
+        masks_dir.mkdir(exist_ok=True)
+        for path in mask_files:
+            check_output(path, inputs=inputs, overwrite=args.overwrite, flag="--masks-dir")
+        outputs += mask_writers(detections, mask_files)
     if args.output:
-        Image.fromarray(annotate(rgb, detections)).save(args.output)
+        outputs.append((Path(args.output), image_writer(annotate(rgb, detections), output_format)))
     if args.json_path:
         report = {
             "image": str(image_path),
@@ -401,7 +368,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             "seconds": round(seconds, 3),
             "detections": detections_to_json(detections, mask_files),
         }
-        Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n")
+        outputs.append((Path(args.json_path), json_writer(report)))
+    write_all(outputs, overwrite=args.overwrite)  # all or nothing; atomic each
 
     print(f"{len(detections)} detection(s) for {prompt.caption!r} in {seconds:.2f} s")
     for row in detections_to_json(detections):
@@ -440,6 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "convert":
             return _cmd_convert(args)
         return _cmd_segment(args)
+    except OutputError as err:  # after the work: the results could not be saved
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,3 +9,8 @@ class WeightsNotFoundError(FileNotFoundError):
 
 class InvalidWeightsError(ValueError):
     """A weights file or folder exists but is corrupt, incomplete, or of the wrong model type."""
+
+
+class OutputError(OSError):
+    """A result could not be written (the message names the file and why); nothing was left
+    half-written and no existing file was replaced without being asked to."""

@@ -86,3 +86,44 @@ def test_loss_pieces_known_answers():
     np.testing.assert_allclose(
         float(training._losses(perfect, target, torch.tensor([0.5]))[1]), 0.25
     )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",  # killed before the first byte
+        b"PK\x03\x04 truncated zip",
+        # a pickle that would run code if loaded unsafely (weights_only refuses it)
+        b"cos\nsystem\n(S'echo pwned'\ntR.",
+    ],
+)
+def test_a_bad_checkpoint_says_how_to_start_over(tmp_path, one_thread, content):
+    from grounded_seg.cli import main
+
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    kwargs = dict(steps=2, batch_size=1, log_every=1, eval_scenes=1, seed=3)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is not a readable training checkpoint"):
+        train_shapes_sam(tmp_path, **kwargs)
+    rc = main(["train", "shapes", "--model", "sam", "--out", str(tmp_path), "--steps", "2"])
+    assert rc == 2  # the CLI prints the message instead of an unpickling traceback
+    assert train_shapes_sam(tmp_path, resume=False, **kwargs)["steps"] == 2  # --restart
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch, one_thread):
+    """A run killed while saving keeps the previous checkpoint (it used to be written in place)."""
+    from grounded_seg import checkpoints
+
+    state = {"step": torch.tensor(3), "curve": [1.0, 2.0]}
+    path = checkpoints.save_checkpoint(state, tmp_path / "checkpoint.pt")
+    before = path.read_bytes()
+
+    def killed_mid_save(obj, handle):
+        handle.write(b"PK\x03\x04 half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_mid_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_checkpoint({"step": torch.tensor(4)}, path)
+    assert path.read_bytes() == before
+    assert int(checkpoints.load_checkpoint(path)["step"]) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoints import load_checkpoint, save_checkpoint
 from ..images import load_image
 from .data import GroundingCollator, GroundingSample, batch_to
 from .loss import grounding_losses
@@ -146,7 +147,7 @@ def train_grounding_dino(
     start, curve, elapsed, resumed = 0, [], 0.0, []
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     if checkpoint is not None and resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = load_checkpoint(checkpoint, device, start_over="pass resume=False (--restart)")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -194,7 +195,7 @@ def train_grounding_dino(
             logger.info("step %d/%d %s", done, config.steps, _format_row(row))
         if checkpoint is not None and (done % config.checkpoint_every == 0 or last or done == stop):
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(
+            save_checkpoint(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),

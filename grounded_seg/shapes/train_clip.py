@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoints import load_checkpoint, save_checkpoint
 from ..clip import MAX_LOGIT_SCALE, contrastive_loss, projected_features
 from ..devices import resolve_device
 from ..proposers.clip import DEFAULT_BACKGROUND_TEXTS, ClipScorer, crop_regions
@@ -503,9 +504,7 @@ def _is_finished(out: Path) -> bool:
 
 def _save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / (CHECKPOINT_FILE + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, folder / CHECKPOINT_FILE)  # atomic: a crash never leaves half a file
+    save_checkpoint(state, folder / CHECKPOINT_FILE)
 
 
 def _command(out_dir: Path, settings: dict[str, Any]) -> str:
@@ -704,7 +703,7 @@ def train_shapes_clip(
 
             step, log, evals, running, elapsed = 0, [], [], [0.0, 0], 0.0
             if resume and checkpoint_file.is_file():
-                state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+                state = load_checkpoint(checkpoint_file, start_over="pass resume=False (--restart)")
                 if state["settings"] != settings:
                     changed = {
                         k: (state["settings"].get(k), v)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from ..checkpoints import load_checkpoint, save_checkpoint
 from .world import HELD_OUT_SEEDS, TRAIN_SEEDS, make_scene
 
 logger = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ def train_shapes_sam(
     start_step, curve, elapsed = 0, [], 0.0
     checkpoint = out / CHECKPOINT
     if resume and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
+        state = load_checkpoint(checkpoint, start_over="pass resume=False (--restart)")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -248,7 +249,7 @@ def train_shapes_sam(
                           "seconds": round(seconds, 1)})  # fmt: skip
             logger.info("step %d/%d loss %.4f train IoU %.3f (%.0f s)",
                         step + 1, steps, value, float(iou), seconds)  # fmt: skip
-            torch.save(
+            save_checkpoint(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
                  "step": step + 1, "curve": curve, "elapsed": seconds},
