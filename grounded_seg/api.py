@@ -10,7 +10,13 @@ import supervision as sv
 import torch
 
 from .images import ImageInput, load_image, validate_image_format
-from .predictor import GroundedSAM, ModelRef, check_threshold
+from .predictor import (
+    DEFAULT_MAX_DETECTIONS,
+    GroundedSAM,
+    ModelRef,
+    check_max_detections,
+    check_threshold,
+)
 from .prompts import PromptInput, normalize_prompt
 from .proposers import PROPOSERS
 
@@ -72,6 +78,7 @@ def segment(
     segmenter: ModelRef = "sam-vit-base",
     box_threshold: float = 0.35,
     text_threshold: float = 0.25,
+    max_detections: int | None = DEFAULT_MAX_DETECTIONS,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     image_format: str = "RGB",
@@ -83,7 +90,8 @@ def segment(
     separated classes or a list of classes (see ``normalize_prompt``). ``proposer`` is the route
     from words to boxes, ``"grounding_dino"`` or ``"clip"``; ``detector`` names its model
     (``None``: ``grounding-dino-tiny`` / ``clip-vit-base-patch32``) and ``segmenter`` the SAM, as
-    registry names or local folders; ``device`` is ``None`` (auto: cuda, mps, cpu) or explicit;
+    registry names or local folders; ``max_detections`` caps the result (the best by score;
+    ``None``: no cap); ``device`` is ``None`` (auto: cuda, mps, cpu) or explicit;
     ``dtype`` is float32 unless the bfloat16 (CUDA, CPU) or float16 (CUDA, MPS) fast path is
     asked for: float32 weights, forward passes under autocast.
 
@@ -103,6 +111,7 @@ def segment(
     normalized = normalize_prompt(prompt)
     box_threshold = check_threshold("box_threshold", box_threshold)
     text_threshold = check_threshold("text_threshold", text_threshold)
+    max_detections = check_max_detections(max_detections)
     device_key = None if device is None else str(device)
     dtype_key = None if dtype is None else str(dtype).removeprefix("torch.")
     if proposer not in PROPOSERS:
@@ -114,4 +123,4 @@ def segment(
     # and the warm models keep no reference to the user's image
     predictor = GroundedSAM(detector=proposer_model, segmenter=segmenter_model)
     predictor.set_image(rgb)
-    return predictor.predict(normalized, box_threshold, text_threshold)
+    return predictor.predict(normalized, box_threshold, text_threshold, max_detections)

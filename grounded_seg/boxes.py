@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -44,19 +45,50 @@ def class_aware_nms(
 ) -> torch.Tensor:
     """Indices of the boxes kept by greedy NMS run separately per class, highest score first.
 
-    A box is suppressed when a higher-scoring box *of the same class* overlaps it with
-    IoU > ``iou_threshold``. Returns a LongTensor of kept indices sorted by descending score.
+    A box is suppressed when a higher-scoring box *of the same class* that is kept overlaps it
+    with IoU > ``iou_threshold``. Returns a LongTensor of kept indices sorted by descending
+    score (ties in input order).
+
+    Memory is linear in the number of boxes: boxes are compared only within their class, in
+    blocks of at most ``_NMS_BLOCK`` rows, so no ``N x N`` matrix is built (8,000 boxes of 1,600
+    classes used to take +2.3 GB). torchvision's ``batched_nms`` would do, but torchvision is
+    optional here.
     """
-    order = torch.argsort(scores, descending=True, stable=True)
-    if order.numel() == 0:
-        return order
-    iou = box_iou(xyxy[order], xyxy[order])
-    same_class = class_ids[order][:, None] == class_ids[order][None, :]
-    overlap = (iou > iou_threshold) & same_class
-    keep = torch.ones(order.numel(), dtype=torch.bool)
-    for i in range(order.numel()):
-        if keep[i]:
-            later = overlap[i].clone()
-            later[: i + 1] = False
-            keep &= ~later
-    return order[keep]
+    boxes = xyxy.detach().float().cpu().numpy().reshape(-1, 4)
+    ranked = np.argsort(-scores.detach().float().cpu().numpy(), kind="stable")
+    if ranked.size == 0:
+        return torch.zeros(0, dtype=torch.long)
+    classes = class_ids.detach().cpu().numpy()[ranked]
+    grouped = np.argsort(classes, kind="stable")  # positions in ``ranked``, class by class
+    starts = np.flatnonzero(np.r_[True, classes[grouped][1:] != classes[grouped][:-1]])
+    keep = np.zeros(ranked.size, dtype=bool)  # by position in ``ranked``
+    for start, stop in zip(starts, [*starts[1:], ranked.size], strict=True):
+        positions = grouped[start:stop]  # one class, best first
+        keep[positions[_greedy_nms(boxes[ranked[positions]], iou_threshold)]] = True
+    return torch.from_numpy(ranked[keep]).long()
+
+
+_NMS_BLOCK = 512  # rows of IoU computed at once: 512 x N floats at most
+
+
+def _greedy_nms(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS of ``(M, 4)`` xyxy boxes sorted best first: a bool ``(M,)`` keep mask."""
+    alive = np.ones(len(boxes), dtype=bool)
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    for block in range(0, len(boxes), _NMS_BLOCK):
+        rows = slice(block, min(block + _NMS_BLOCK, len(boxes)))
+        iou = _iou(boxes[rows], area[rows], boxes[block:], area[block:])  # (b, M - block)
+        over = iou > iou_threshold
+        for i in range(rows.stop - rows.start):
+            if alive[block + i]:
+                later = over[i, i + 1 :]
+                alive[block + i + 1 :] &= ~later
+    return alive
+
+
+def _iou(a: np.ndarray, area_a: np.ndarray, b: np.ndarray, area_b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)

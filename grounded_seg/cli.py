@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--box-threshold", type=float, default=0.35)
     seg.add_argument("--text-threshold", type=float, default=0.25)
+    seg.add_argument(
+        "--max-detections", type=int, default=100, help="keep at most this many, the best"
+    )
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
     models = sub.add_parser("models", help="list the registered models")
@@ -111,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
         "--box-threshold", type=float, default=0.0, help="0 (default) keeps every box, as AP wants"
     )
     ev.add_argument("--text-threshold", type=float, default=0.25)
+    ev.add_argument(
+        "--max-detections", type=int, default=100, help="per image (COCO's maxDets: 100)"
+    )
     ev.add_argument("--max-images", type=int, default=None, help="only the first N images")
     ev.add_argument("--json", dest="json_path", help="write the report here as JSON")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -227,6 +233,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         dataset,
         box_threshold=args.box_threshold,
         text_threshold=args.text_threshold,
+        max_detections=args.max_detections,
         progress=args.verbose,
     )
     print(report.format_table())
@@ -340,6 +347,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         segmenter=args.segmenter,
         box_threshold=args.box_threshold,
         text_threshold=args.text_threshold,
+        max_detections=args.max_detections,
         device=args.device,
         dtype=args.dtype,
     )

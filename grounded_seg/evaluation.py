@@ -360,6 +360,7 @@ def evaluate_coco(
     text_threshold: float = 0.25,
     max_images: int | None = None,
     progress: bool = True,
+    max_detections: int | None = 100,
 ) -> EvaluationReport:
     """Run ``predictor`` on the images of a COCO data set and score boxes and masks.
 
@@ -368,7 +369,8 @@ def evaluate_coco(
     ``None``); images left out by ``max_images`` are left out of the scores too. The prompt is
     the category names ordered by category id, one ``predict`` per image. ``box_threshold`` /
     ``text_threshold`` go to ``predict``; the default box threshold 0 keeps every box, as AP
-    wants the whole score range. ``progress``: log progress at INFO about ten times per run.
+    wants the whole score range; ``max_detections`` per image, 100 as COCO's ``maxDets`` (the
+    scores read no more). ``progress``: log progress at INFO about ten times per run.
 
     Raises what :func:`load_coco_dataset` raises (every image is checked before any
     prediction), and ``ValueError`` for an image whose size differs from its annotation.
@@ -407,7 +409,7 @@ def evaluate_coco(
                 f"{expected[0]} x {expected[1]}"
             )
         predictor.set_image(rgb)
-        detections = predictor.predict(prompt, box_threshold, text_threshold)
+        detections = predictor.predict(prompt, box_threshold, text_threshold, max_detections)
         predictor.reset_image()
         if len(detections):
             cats = [category_ids[int(i)] for i in detections.class_id]

@@ -32,6 +32,21 @@ def check_threshold(name: str, value: Any) -> float:
     return value
 
 
+DEFAULT_MAX_DETECTIONS = 100
+"""The most detections one ``predict`` returns by default (COCO's ``maxDets``)."""
+
+
+def check_max_detections(value: Any) -> int | None:
+    """``None`` (no cap) or an int >= 1; ``TypeError``/``ValueError`` saying expected vs got."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"max_detections: expected an int >= 1 or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"max_detections: expected an int >= 1 or None, got {value}")
+    return int(value)
+
+
 def build_detections(
     proposals: Proposals,
     masks: np.ndarray,
@@ -185,6 +200,7 @@ class GroundedSAM:
         prompt: PromptInput | Prompt,
         box_threshold: float = 0.35,
         text_threshold: float = 0.25,
+        max_detections: int | None = DEFAULT_MAX_DETECTIONS,
     ) -> sv.Detections:
         """Find and segment what ``prompt`` names in the current image.
 
@@ -192,6 +208,8 @@ class GroundedSAM:
         a list of classes (``["cat", "potted plant"]``), normalised by ``normalize_prompt``.
         ``box_threshold``: keep a box when its best token probability exceeds it.
         ``text_threshold``: a word joins a box's ``phrase`` when its probability exceeds it.
+        ``max_detections``: at most this many, the best by score (``None``: no cap); it bounds
+        the work (SAM decodes one mask per box) and the memory whatever the threshold.
 
         Returns ``supervision.Detections`` in pixels of the original image: ``xyxy`` (N, 4)
         float32, clipped; ``mask`` (N, H, W) bool; ``confidence`` (N,) in [0, 1]; ``class_id``
@@ -203,10 +221,15 @@ class GroundedSAM:
         normalized = normalize_prompt(prompt)
         box_threshold = check_threshold("box_threshold", box_threshold)
         text_threshold = check_threshold("text_threshold", text_threshold)
+        max_detections = check_max_detections(max_detections)
         height, width = image.shape[:2]
         proposals = self.proposer.propose(
-            self._proposer_state, normalized, box_threshold, text_threshold
-        )
+            self._proposer_state,
+            normalized,
+            box_threshold,
+            text_threshold,
+            max_detections=max_detections,
+        ).top(max_detections)  # whatever a third-party proposer returns
         if len(proposals) == 0:
             logger.info("no box above %.4g for %r; SAM not run", box_threshold, normalized.caption)
             masks, mask_scores = np.zeros((0, height, width), bool), np.zeros(0, np.float32)

@@ -54,7 +54,9 @@ class Oracle:
 
 
 class OracleProposer(Oracle):
-    def propose(self, scene: Scene, prompt, box_threshold, text_threshold) -> Proposals:
+    def propose(
+        self, scene: Scene, prompt, box_threshold, text_threshold, max_detections=None
+    ) -> Proposals:
         self.prompts.append(prompt.classes)
         if self.mode == "none" or not scene.objects:
             return Proposals.empty()

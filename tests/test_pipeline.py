@@ -25,7 +25,7 @@ class StandInProposer:
         self.encoded += 1
         return {"height": image.shape[0], "width": image.shape[1]}
 
-    def propose(self, state, prompt, box_threshold, text_threshold):
+    def propose(self, state, prompt, box_threshold, text_threshold, max_detections=None):
         self.calls += 1
         scale = np.array([state["width"], state["height"]] * 2, np.float32)
         rows = [

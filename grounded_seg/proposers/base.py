@@ -52,6 +52,16 @@ class Proposals:
     def __len__(self) -> int:
         return len(self.xyxy)
 
+    def top(self, k: int | None) -> Proposals:
+        """The ``k`` best proposals (all of them when ``k`` is ``None`` or not smaller)."""
+        if k is None or len(self) <= k:
+            return self
+        masks = None if self.masks is None else self.masks[:k]
+        mask_scores = None if self.mask_scores is None else self.mask_scores[:k]
+        return Proposals(
+            self.xyxy[:k], self.scores[:k], self.class_ids[:k], self.phrases[:k], masks, mask_scores
+        )
+
 
 @runtime_checkable
 class BoxProposer(Protocol):
@@ -65,7 +75,13 @@ class BoxProposer(Protocol):
         ...
 
     def propose(
-        self, state: Any, prompt: Prompt, box_threshold: float, text_threshold: float
+        self,
+        state: Any,
+        prompt: Prompt,
+        box_threshold: float,
+        text_threshold: float,
+        max_detections: int | None = None,
     ) -> Proposals:
-        """Boxes for ``prompt`` on the image behind ``state``."""
+        """Boxes for ``prompt`` on the image behind ``state``, at most ``max_detections`` of
+        them (the best; ``None``: no cap), sorted by descending score."""
         ...

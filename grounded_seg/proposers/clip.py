@@ -266,9 +266,11 @@ class ClipProposer:
         prompt: Prompt,
         box_threshold: float = 0.35,
         text_threshold: float = 0.25,
+        max_detections: int | None = None,
     ) -> Proposals:
         """Candidates whose best text is one of the prompt's classes with probability above
-        ``box_threshold`` (``text_threshold`` is not used by this route). Masks come along."""
+        ``box_threshold`` (``text_threshold`` is not used by this route), the
+        ``max_detections`` best (``None``: all). Masks come along."""
         found = self.candidates(state)
         if len(found) == 0:
             return Proposals.empty()
@@ -285,7 +287,7 @@ class ClipProposer:
             best[index],
             self.nms_threshold,
         )
-        index = index[order].numpy()
+        index = index[order[:max_detections]].numpy()
         class_ids = best[index].numpy().astype(np.int64)
         return Proposals(
             xyxy=found.xyxy[index],

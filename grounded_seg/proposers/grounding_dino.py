@@ -57,6 +57,7 @@ def decode_pass(
     width: int,
     box_threshold: float,
     text_threshold: float,
+    max_detections: int | None = None,
 ) -> Proposals:
     """Turn one pass's raw outputs into proposals in pixels of the original image.
 
@@ -65,6 +66,8 @@ def decode_pass(
     the official implementation does) exceeds ``box_threshold``; that probability is its score.
     Its class is the class whose tokens score highest for it; its phrase the words of that class
     above ``text_threshold``. Class ids are those of the prompt (``text_pass.class_ids``).
+    Only the ``max_detections`` best are decoded (``None``: all), so a pass never hands more
+    than that to the merge, whatever the threshold.
     """
     probs = logits.float().sigmoid()
     scores = probs.max(dim=-1).values
@@ -72,8 +75,13 @@ def decode_pass(
     if not bool(keep.any()):
         return Proposals.empty()
     probs, scores = probs[keep], scores[keep]
+    if max_detections is not None and len(scores) > max_detections:
+        best = torch.argsort(scores, descending=True, stable=True)[:max_detections].sort().values
+        probs, scores, boxes = probs[best], scores[best], boxes[keep][best]
+    else:
+        boxes = boxes[keep]
     local_class = class_scores(probs, text_pass).argmax(dim=-1)
-    xyxy = normalized_cxcywh_to_pixels(boxes[keep], height, width)
+    xyxy = normalized_cxcywh_to_pixels(boxes, height, width)
     order = torch.argsort(scores, descending=True, stable=True)
     class_map = torch.tensor(text_pass.class_ids, dtype=torch.long)
     phrases = [
@@ -87,13 +95,16 @@ def decode_pass(
     )
 
 
-def merge_passes(parts: list[Proposals], nms_threshold: float) -> Proposals:
-    """Merge the proposals of several passes: class-aware NMS, then sorted by score."""
+def merge_passes(
+    parts: list[Proposals], nms_threshold: float, max_detections: int | None = None
+) -> Proposals:
+    """Merge the proposals of several passes: class-aware NMS, sorted by score, the
+    ``max_detections`` best kept (``None``: all)."""
     parts = [p for p in parts if len(p)]
     if not parts:
         return Proposals.empty()
     if len(parts) == 1:
-        return parts[0]
+        return parts[0].top(max_detections)
     xyxy = np.concatenate([p.xyxy for p in parts])
     scores = np.concatenate([p.scores for p in parts])
     class_ids = np.concatenate([p.class_ids for p in parts])
@@ -101,7 +112,8 @@ def merge_passes(parts: list[Proposals], nms_threshold: float) -> Proposals:
     keep = class_aware_nms(
         torch.from_numpy(xyxy), torch.from_numpy(scores), torch.from_numpy(class_ids), nms_threshold
     ).numpy()
-    return Proposals(xyxy[keep], scores[keep], class_ids[keep], [phrases[i] for i in keep])
+    merged = Proposals(xyxy[keep], scores[keep], class_ids[keep], [phrases[i] for i in keep])
+    return merged.top(max_detections)
 
 
 class GroundingDinoProposer:
@@ -224,8 +236,10 @@ class GroundingDinoProposer:
         prompt: Prompt,
         box_threshold: float = 0.35,
         text_threshold: float = 0.25,
+        max_detections: int | None = None,
     ) -> Proposals:
-        """Boxes for ``prompt``; several passes for a long prompt, merged with class-aware NMS."""
+        """Boxes for ``prompt``; several passes for a long prompt, merged with class-aware NMS;
+        at most ``max_detections`` per pass and in all (``None``: no cap)."""
         parts = []
         for text_pass in self.text_passes(prompt):
             logits, boxes = self.forward_pass(state, text_pass)
@@ -238,6 +252,7 @@ class GroundingDinoProposer:
                     state.width,
                     box_threshold,
                     text_threshold,
+                    max_detections,
                 )
             )
-        return merge_passes(parts, self.nms_threshold)
+        return merge_passes(parts, self.nms_threshold, max_detections)
