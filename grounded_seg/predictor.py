@@ -64,7 +64,7 @@ def build_detections(
     names = np.array([classes[i] for i in proposals.class_ids.tolist()], dtype=str)
     return sv.Detections(
         xyxy=proposals.xyxy.astype(np.float32).reshape(n, 4),
-        mask=masks.astype(bool),
+        mask=masks.astype(bool, copy=False),  # no second copy of (N, H, W) masks
         confidence=proposals.scores.astype(np.float32),
         class_id=proposals.class_ids.astype(np.int64),
         data={

@@ -206,30 +206,43 @@ class SamSegmenter:
             return np.zeros((0, height, width), bool), np.zeros(0, np.float32)
         embeddings = self.image_embeddings(state)
         input_boxes = torch.from_numpy(scale_boxes(boxes, state.original_size, state.reshaped_size))
-        masks, scores = [], []
+        # the result is filled in place: a list of chunks joined at the end held every mask twice
+        masks = np.zeros((len(boxes), height, width), bool)
+        scores = np.zeros(len(boxes), np.float32)
         for start in range(0, len(input_boxes), self.boxes_per_call):
+            stop = min(start + self.boxes_per_call, len(input_boxes))
             with self.autocast():
                 outputs = self.model(
                     image_embeddings=embeddings,
-                    input_boxes=input_boxes[None, start : start + self.boxes_per_call].to(
-                        self.device, self.dtype
-                    ),
+                    input_boxes=input_boxes[None, start:stop].to(self.device, self.dtype),
                     multimask_output=False,
                 )
-            masks.append(self.upscale_masks(outputs.pred_masks[0, :, 0], state))
-            scores.append(outputs.iou_scores[0, :, 0].float().clamp(0, 1).cpu().numpy())
-        return np.concatenate(masks), np.concatenate(scores).astype(np.float32)
+            self.upscale_masks(outputs.pred_masks[0, :, 0], state, out=masks[start:stop])
+            scores[start:stop] = outputs.iou_scores[0, :, 0].float().clamp(0, 1).cpu().numpy()
+        return masks, scores
 
     def upscale_masks(
-        self, low_res_logits: torch.Tensor, state: SamImageState, chunk: int = 16
+        self,
+        low_res_logits: torch.Tensor,
+        state: SamImageState,
+        out: np.ndarray | None = None,
+        budget_bytes: int = 256 * 2**20,
     ) -> np.ndarray:
         """Low-res mask logits ``(N, h, w)`` -> bool masks ``(N, H, W)`` at the original size.
 
         Uses the SAM image processor's own ``post_process_masks`` (upsample to the padded input,
-        crop the padding, resize to the original, threshold at 0), ``chunk`` masks at a time.
+        crop the padding, resize to the original, threshold at 0) on as many masks at a time as
+        keep its float32 intermediates within ``budget_bytes`` (at 4000 x 3000 that is a few
+        masks; at most 16). Writes into ``out`` when given.
         """
         height, width = state.original_size
-        out = np.zeros((len(low_res_logits), height, width), bool)
+        if out is None:
+            out = np.zeros((len(low_res_logits), height, width), bool)
+        padded = int(self.image_processor.pad_size["height"]) * int(
+            self.image_processor.pad_size["width"]
+        )
+        per_mask = 4 * (2 * padded + 2 * height * width)  # float32 upsampled, cropped, resized
+        chunk = max(1, min(16, budget_bytes // per_mask))
         for start in range(0, len(low_res_logits), chunk):
             part = low_res_logits[start : start + chunk].float().cpu()
             masks = self.image_processor.post_process_masks(
@@ -238,5 +251,5 @@ class SamSegmenter:
                 reshaped_input_sizes=[state.reshaped_size],
                 binarize=True,
             )[0]  # (n, 1, H, W)
-            out[start : start + len(part)] = masks[:, 0].numpy().astype(bool)
+            out[start : start + len(part)] = masks[:, 0].numpy()
         return out
