@@ -9,7 +9,7 @@ from typing import Any
 import supervision as sv
 import torch
 
-from .images import ImageInput, load_image, validate_image_format
+from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image, validate_image_format
 from .predictor import (
     DEFAULT_MAX_DETECTIONS,
     GroundedSAM,
@@ -82,18 +82,20 @@ def segment(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     image_format: str = "RGB",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> sv.Detections:
     """Segment what ``prompt`` names in ``image``.
 
     ``image``: a path, a PIL image (any mode; EXIF orientation applied) or a uint8 ``(H, W, 3)``
     array in ``image_format`` order (``"BGR"`` for OpenCV arrays). ``prompt``: free text, dot-
-    separated classes or a list of classes (see ``normalize_prompt``). ``proposer`` is the route
-    from words to boxes, ``"grounding_dino"`` or ``"clip"``; ``detector`` names its model
-    (``None``: ``grounding-dino-tiny`` / ``clip-vit-base-patch32``) and ``segmenter`` the SAM, as
-    registry names or local folders; ``max_detections`` caps the result (the best by score;
-    ``None``: no cap); ``device`` is ``None`` (auto: cuda, mps, cpu) or explicit;
-    ``dtype`` is float32 unless the bfloat16 (CUDA, CPU) or float16 (CUDA, MPS) fast path is
-    asked for: float32 weights, forward passes under autocast.
+    separated classes or a list of classes (see ``normalize_prompt``); an image of more than
+    ``max_pixels`` pixels (default 100 million; ``None``: no limit) is refused before decoding.
+    ``proposer`` is the route from words to boxes, ``"grounding_dino"`` or ``"clip"``;
+    ``detector`` names its model (``None``: ``grounding-dino-tiny`` / ``clip-vit-base-patch32``)
+    and ``segmenter`` the SAM, as registry names or local folders; ``max_detections`` caps the
+    result (the best by score; ``None``: no cap); ``device`` is ``None`` (auto: cuda, mps, cpu)
+    or explicit; ``dtype`` is float32 unless the bfloat16 (CUDA, CPU) or float16 (CUDA, MPS)
+    fast path is asked for: float32 weights, forward passes under autocast.
 
     The image, prompt and thresholds are validated before any model is loaded. The last pair of
     models stays loaded for the next call (``clear_model_cache()`` releases it). The result is
@@ -107,7 +109,7 @@ def segment(
     >>> det.xyxy, det.mask.shape, det.data["class_name"]             # doctest: +SKIP
     """
     validate_image_format(image_format)
-    rgb = load_image(image, image_format=image_format)
+    rgb = load_image(image, image_format=image_format, max_pixels=max_pixels)
     normalized = normalize_prompt(prompt)
     box_threshold = check_threshold("box_threshold", box_threshold)
     text_threshold = check_threshold("text_threshold", text_threshold)
@@ -122,5 +124,5 @@ def segment(
     # a predictor of this call's own around the shared models: its image state is not shared,
     # and the warm models keep no reference to the user's image
     predictor = GroundedSAM(detector=proposer_model, segmenter=segmenter_model)
-    predictor.set_image(rgb)
+    predictor.set_image(rgb, max_pixels=None)  # checked above
     return predictor.predict(normalized, box_threshold, text_threshold, max_detections)

@@ -34,6 +34,7 @@ import numpy as np
 from .allocator import reuse_freed_memory
 from .errors import InvalidWeightsError, OutputError, WeightsNotFoundError
 from .export import detections_to_json, json_writer, mask_paths, mask_writers
+from .images import DEFAULT_MAX_PIXELS
 from .outputs import atomic_write, check_output, image_format, image_writer, write_all
 from .registry import list_models
 
@@ -78,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--text-threshold", type=float, default=0.25)
     seg.add_argument(
         "--max-detections", type=int, default=100, help="keep at most this many, the best"
+    )
+    seg.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse larger images, checked before decoding (0: no limit)",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -314,7 +321,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .visualize import annotate
 
     image_path = Path(args.image)
-    rgb = load_image(image_path)  # bad images fail here, before any model loads
+    max_pixels = args.max_pixels or None  # 0: no limit
+    rgb = load_image(image_path, max_pixels=max_pixels)  # bad images fail here, before loading
     prompt = normalize_prompt(args.prompt)
     # every output is checked before inference: a run that could not save fails in seconds
     inputs = [image_path]
@@ -350,6 +358,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         max_detections=args.max_detections,
         device=args.device,
         dtype=args.dtype,
+        max_pixels=max_pixels,
     )
     seconds = time.perf_counter() - start
 

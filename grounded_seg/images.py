@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import struct
 from typing import TypeAlias
 
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "ImageInput",
     "load_image",
     "to_input_type",
@@ -38,6 +40,12 @@ logger = logging.getLogger(__name__)
 
 ImageInput: TypeAlias = str | os.PathLike | Image.Image | np.ndarray
 """Anything :func:`load_image` accepts: a path, a PIL image or a uint8 array."""
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""The largest image (width x height) read by default: 100 megapixels, above every camera
+but medium format. A file is checked from its header before it is decoded, so a small file
+that would decode to gigabytes (a "decompression bomb") is refused at once; ``max_pixels=None``
+lifts the check (PIL itself still refuses more than twice ``PIL.Image.MAX_IMAGE_PIXELS``)."""
 
 _IMAGE_FORMATS = ("RGB", "BGR")
 _ACCEPTED_TYPES = "a path (str or os.PathLike), PIL.Image.Image or numpy.ndarray"
@@ -72,7 +80,9 @@ def validate_image_format(image_format: str) -> str:
     )
 
 
-def load_image(image: ImageInput, image_format: str = "RGB") -> np.ndarray:
+def load_image(
+    image: ImageInput, image_format: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Return the image as a C-contiguous uint8 array of shape (H, W, 3) in RGB order.
 
     Args:
@@ -105,6 +115,9 @@ def load_image(image: ImageInput, image_format: str = "RGB") -> np.ndarray:
             ``"BGR"`` (case-insensitive; ``"BGR"`` suits OpenCV arrays). It is
             validated but otherwise ignored for paths and PIL images, which are
             always RGB as decoded.
+        max_pixels: The largest ``H * W`` accepted (default :data:`DEFAULT_MAX_PIXELS`,
+            100 million), checked before a file or a lazily opened PIL image is
+            decoded; ``None`` for no limit.
 
     Returns:
         A new C-contiguous ``numpy.ndarray``, dtype ``uint8``, shape ``(H, W, 3)``,
@@ -114,19 +127,48 @@ def load_image(image: ImageInput, image_format: str = "RGB") -> np.ndarray:
     Raises:
         TypeError: ``image`` is not one of the accepted types, or is an array whose
             dtype is not ``uint8``.
-        ValueError: bad ``image_format``; an array of unsupported shape; a path that
-            is a directory or cannot be decoded as an image; a PIL image of a mode
-            or with values that cannot be converted.
+        ValueError: bad ``image_format``; an array of unsupported shape; an image
+            of more than ``max_pixels`` pixels; a path that is not a regular file
+            (a directory, a FIFO, a device) or cannot be decoded as an image; a PIL
+            image of a mode or with values that cannot be converted.
         FileNotFoundError: the path does not exist.
     """
     image_format = validate_image_format(image_format)
+    max_pixels = check_max_pixels(max_pixels)
     if isinstance(image, (str, os.PathLike)):
-        return _load_path(image)
+        return _load_path(image, max_pixels)
     if isinstance(image, Image.Image):
+        _check_pixels(image.width, image.height, max_pixels, "the PIL image")
         return _pil_to_rgb(image)
     if isinstance(image, np.ndarray):
+        if image.ndim >= 2:
+            _check_pixels(image.shape[1], image.shape[0], max_pixels, "the array")
         return _array_to_rgb(image, image_format)
     raise TypeError(f"expected {_ACCEPTED_TYPES}, got {_type_name(image)}")
+
+
+class ImageTooLargeError(ValueError):
+    """An image of more than ``max_pixels`` pixels (see :func:`load_image`)."""
+
+
+def check_max_pixels(max_pixels: object) -> int | None:
+    """``None`` or an int >= 1; ``TypeError``/``ValueError`` saying expected vs got."""
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
+        raise TypeError(f"max_pixels: expected an int >= 1 or None, got {_type_name(max_pixels)}")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels: expected an int >= 1 or None, got {max_pixels}")
+    return int(max_pixels)
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{what} is {width} x {height} = {width * height:,} pixels, more than max_pixels="
+            f"{max_pixels:,} (a guard against files that decode to gigabytes); pass a larger "
+            "max_pixels to read it (None: no limit)"
+        )
 
 
 def to_input_type(rgb: np.ndarray, like: ImageInput, image_format: str = "RGB") -> ImageInput:
@@ -180,8 +222,9 @@ def _type_name(obj: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _load_path(path: str | os.PathLike) -> np.ndarray:
-    """Open, fully decode and convert an image file; see :func:`load_image`."""
+def _load_path(path: str | os.PathLike, max_pixels: int | None) -> np.ndarray:
+    """Open, check the size from the header, fully decode and convert an image file; see
+    :func:`load_image`."""
     path_str = os.fspath(path)
     if isinstance(path_str, bytes):  # os.PathLike returning bytes
         raise TypeError(f"expected {_ACCEPTED_TYPES} with a str path, got bytes path")
@@ -189,11 +232,18 @@ def _load_path(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(errno.ENOENT, "image file not found", path_str)
     if os.path.isdir(path_str):
         raise ValueError(f"expected an image file, got a directory: {path_str!r}")
+    if not stat.S_ISREG(os.stat(path_str).st_mode):  # opening a FIFO would wait for a writer
+        raise ValueError(f"expected an image file, got a FIFO, socket or device: {path_str!r}")
     try:
         with Image.open(path_str) as img:
+            _check_pixels(img.width, img.height, max_pixels, repr(path_str))  # header only
             img.load()
             return _pil_to_rgb(img)
-    except PermissionError:
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"could not read {path_str!r}: {exc} Set PIL.Image.MAX_IMAGE_PIXELS to read it"
+        ) from exc
+    except (PermissionError, ImageTooLargeError):
         raise
     except (OSError, SyntaxError, ValueError) as exc:
         # UnidentifiedImageError and "image file is truncated" are OSErrors; some

@@ -12,7 +12,7 @@ import numpy as np
 import supervision as sv
 import torch
 
-from .images import ImageInput, load_image
+from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from .prompts import Prompt, PromptInput, normalize_prompt
 from .proposers.base import BoxProposer, Proposals
 from .segmenters.base import MaskSegmenter
@@ -26,10 +26,15 @@ def check_threshold(name: str, value: Any) -> float:
     """``value`` as a float in [0, 1]; ``TypeError``/``ValueError`` saying expected vs got."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
-    return value
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float (10**400)
+        raise ValueError(
+            f"{name}: expected a number in [0, 1], got an integer too large for a float"
+        ) from None
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {number}")
+    return number
 
 
 DEFAULT_MAX_DETECTIONS = 100
@@ -163,14 +168,21 @@ class GroundedSAM:
         self._proposer_state: Any = None
         self._segmenter_state: Any = None
 
-    def set_image(self, image: ImageInput, image_format: str = "RGB") -> None:
+    def set_image(
+        self,
+        image: ImageInput,
+        image_format: str = "RGB",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
         """Set the image that following ``predict`` calls answer about.
 
         ``image`` is a path, a PIL image or a uint8 ``(H, W, 3)`` array in ``image_format`` order
         (``"RGB"``, or ``"BGR"`` for OpenCV). It is validated and copied; the caller's object is
         never modified. The per-image model work runs on the first ``predict`` that needs it.
+        An image of more than ``max_pixels`` pixels (default 100 million; ``None``: no limit)
+        is refused with ``ValueError`` before it is decoded.
         """
-        rgb = load_image(image, image_format=image_format)
+        rgb = load_image(image, image_format=image_format, max_pixels=max_pixels)
         self._image = rgb
         self._proposer_state = self.proposer.encode_image(rgb)
         # shared when the proposer already prepared the image for SAM (the CLIP route);

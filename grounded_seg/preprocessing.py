@@ -39,11 +39,14 @@ def grounding_dino_size(height: int, width: int, shortest: int, longest: int) ->
 
     The short side becomes ``shortest``, unless the long side would then exceed ``longest``: then
     the short side is ``round(longest * short / long)``. The long side is scaled in proportion and
-    truncated to an integer, as the official transform does.
+    truncated to an integer, as the official transform does. An image so thin that its short side
+    would round to 0 (where the official transform fails) becomes 1 x ``longest``.
     """
     short, long = min(height, width), max(height, width)
     if long / short * shortest > longest:
         shortest = round(longest * short / long)
+        if shortest < 1:  # thinner than 2 * longest:1; the official transform fails in PIL
+            return (longest, 1) if width < height else (1, longest)
     if short == shortest:
         return height, width
     if width < height:
@@ -73,9 +76,10 @@ def grounding_dino_pixels(
 
 def sam_size(height: int, width: int, long_side: int) -> tuple[int, int]:
     """The ``(h, w)`` SAM resizes an ``height x width`` image to: long side ``long_side``,
-    each side scaled by ``long_side / max(height, width)`` and rounded half up."""
+    each side scaled by ``long_side / max(height, width)`` and rounded half up (at least 1
+    pixel: segment-anything rounds an image thinner than 2 * long_side:1 to 0 and fails)."""
     scale = long_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def sam_pixels(

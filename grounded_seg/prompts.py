@@ -8,6 +8,13 @@ The normalisation (``normalize_prompt``) is the only place a prompt is interpret
 * a list or tuple of ``str`` is a class list: each item is lower-cased, stripped, whitespace
   collapsed and trailing dots removed. Items may not be empty, repeated or contain an inner
   ``"."`` (the index of each class is its ``class_id``, so nothing is dropped or merged silently).
+* text must be valid Unicode (no lone surrogates, as undecodable command-line bytes become);
+  tokenizers' special tokens typed in a prompt (``"[SEP]"``, ``"<|endoftext|>"``) are read as
+  the characters they are, never as the special tokens.
+
+Normalisation is linear in the prompt's length. Error messages quote at most a short excerpt of
+an offending class. A class list long enough to need many passes of the text encoder is logged
+as a warning (each pass is a full Grounding DINO forward on the image).
 
 Grounding DINO reads the classes as one caption, ``"cat. potted plant."``. Every token of the
 caption is mapped back to the class it came from (``TextPass.class_token_spans``), so a box is
@@ -31,13 +38,61 @@ logger = logging.getLogger(__name__)
 PromptInput = str | Sequence[str]
 
 _WHITESPACE = re.compile(r"\s+")
+MANY_PASSES = 8  # a prompt needing more passes than this is logged as a warning
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """``repr`` of ``text``, cut to ``limit`` characters with its full length said when longer."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def _check_unicode(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{where}: expected text, got characters that are not valid Unicode at position "
+            f"{err.start} of {excerpt(text)} (undecodable bytes, e.g. a file name in another "
+            "encoding); pass UTF-8 text"
+        ) from None
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """A normalised prompt: the classes in order; a class's index is its ``class_id``."""
+    """A normalised prompt: the classes in order; a class's index is its ``class_id``.
+
+    Build it with :func:`normalize_prompt`; built directly, its classes are checked to be what
+    normalisation gives (non-empty, lower-case, single-spaced, no ``"."``, no repeats), with a
+    ``TypeError``/``ValueError`` otherwise.
+    """
 
     classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.classes, tuple):
+            if not isinstance(self.classes, list):
+                raise TypeError(
+                    f"Prompt.classes: expected a tuple of str, got {type(self.classes).__name__}"
+                )
+            object.__setattr__(self, "classes", tuple(self.classes))
+        if not self.classes:
+            raise ValueError("Prompt.classes: expected at least one class, got none")
+        seen: set[str] = set()
+        for index, name in enumerate(self.classes):
+            where = f"Prompt.classes[{index}]"
+            if not isinstance(name, str):
+                raise TypeError(f"{where}: expected str, got {type(name).__name__}")
+            _check_unicode(name, where)
+            if not name or name != _clean(name) or "." in name:
+                raise ValueError(
+                    f"{where}: expected a normalised class (non-empty, lower-case, single "
+                    f"spaces, no '.'), got {excerpt(name)}; build prompts with normalize_prompt"
+                )
+            if name in seen:
+                raise ValueError(f"{where}: class {excerpt(name)} is repeated")
+            seen.add(name)
 
     @property
     def caption(self) -> str:
@@ -63,42 +118,49 @@ def normalize_prompt(prompt: PromptInput) -> Prompt:
     if isinstance(prompt, Prompt):
         return prompt
     if isinstance(prompt, str):
-        classes: list[str] = []
+        _check_unicode(prompt, "prompt")
+        classes: dict[str, None] = {}  # ordered and O(1) to look up: linear in the prompt
         for piece in prompt.split("."):
             cleaned = _clean(piece)
             if cleaned and cleaned not in classes:
-                classes.append(cleaned)
+                classes[cleaned] = None
             elif cleaned:
-                logger.info("prompt repeats the class %r; it is kept once", cleaned)
+                logger.info("prompt repeats the class %s; it is kept once", excerpt(cleaned))
         if not classes:
-            raise ValueError(f"prompt: expected text naming what to find, got {prompt!r}")
+            raise ValueError(f"prompt: expected text naming what to find, got {excerpt(prompt)}")
         return Prompt(tuple(classes))
     if isinstance(prompt, (list, tuple)):
         if not prompt:
             raise ValueError("prompt: expected at least one class, got an empty list")
-        classes = []
+        indices: dict[str, int] = {}
         for index, item in enumerate(prompt):
             if not isinstance(item, str):
                 raise TypeError(
-                    f"prompt[{index}]: expected str, got {type(item).__name__} ({item!r})"
+                    f"prompt[{index}]: expected str, got {type(item).__name__} "
+                    f"({excerpt(repr(item))})"
                 )
+            _check_unicode(item, f"prompt[{index}]")
             cleaned = _clean(item).rstrip(".").strip()
             if not cleaned:
-                raise ValueError(f"prompt[{index}]: expected a non-empty class name, got {item!r}")
+                raise ValueError(
+                    f"prompt[{index}]: expected a non-empty class name, got {excerpt(item)}"
+                )
             if "." in cleaned:
                 raise ValueError(
                     f"prompt[{index}]: a class may not contain '.', which separates classes; "
-                    f"got {item!r} (pass the pieces as separate list items)"
+                    f"got {excerpt(item)} (pass the pieces as separate list items)"
                 )
-            if cleaned in classes:
+            if cleaned in indices:
                 raise ValueError(
-                    f"prompt[{index}]: class {cleaned!r} repeats prompt[{classes.index(cleaned)}]; "
-                    "each class must appear once because its index is its class_id"
+                    f"prompt[{index}]: class {excerpt(cleaned)} repeats "
+                    f"prompt[{indices[cleaned]}]; each class must appear once because its index "
+                    "is its class_id"
                 )
-            classes.append(cleaned)
-        return Prompt(tuple(classes))
+            indices[cleaned] = index
+        return Prompt(tuple(indices))
     raise TypeError(
-        f"prompt: expected a str or a list of str, got {type(prompt).__name__} ({prompt!r})"
+        f"prompt: expected a str or a list of str, got {type(prompt).__name__} "
+        f"({excerpt(repr(prompt))})"
     )
 
 
@@ -148,7 +210,9 @@ class TextPass:
 def _tokenize_caption(
     tokenizer: Any, caption: str
 ) -> tuple[list[int], list[tuple[int, int]], list]:
-    encoding = tokenizer(caption, return_offsets_mapping=True, add_special_tokens=True)
+    encoding = tokenizer(
+        caption, return_offsets_mapping=True, add_special_tokens=True, split_special_tokens=True
+    )
     try:
         word_ids = encoding.word_ids()
     except (ValueError, AttributeError) as err:  # slow tokenizers have no word alignment
@@ -171,7 +235,7 @@ def _make_pass(tokenizer: Any, classes: Sequence[str], class_ids: Sequence[int])
             if word_ids[i] is not None and end > start and start >= char_start and end <= char_end
         ]
         if not positions:
-            raise ValueError(f"class {caption[char_start:char_end]!r} produced no tokens")
+            raise ValueError(f"class {excerpt(caption[char_start:char_end])} produced no tokens")
         token_spans.append((positions[0], positions[-1] + 1))
     words: list[Word] = []
     i = 0
@@ -202,9 +266,9 @@ def plan_text_passes(prompt: Prompt, tokenizer: Any, max_text_len: int) -> list[
     Classes keep their order and are never cut. A single class too long for one pass raises
     ``ValueError`` saying how long it is and what the window is.
     """
-    lengths = [
-        len(tokenizer(name, add_special_tokens=False)["input_ids"]) for name in prompt.classes
-    ]
+    # one batched call (10,000 classes: one call, not 10,000); special tokens as plain text
+    encoded = tokenizer(list(prompt.classes), add_special_tokens=False, split_special_tokens=True)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
     budget = max_text_len - 2  # [CLS] and [SEP]
     groups: list[list[int]] = []
     used = budget + 1
@@ -212,8 +276,9 @@ def plan_text_passes(prompt: Prompt, tokenizer: Any, max_text_len: int) -> list[
         need = length + 1  # the class and its "."
         if need > budget:
             raise ValueError(
-                f"class {prompt.classes[index]!r} is {length} tokens long; the text encoder reads "
-                f"at most {max_text_len} tokens per pass ({budget - 1} for one class). Shorten it."
+                f"class {excerpt(prompt.classes[index])} is {length} tokens long; the text "
+                f"encoder reads at most {max_text_len} tokens per pass ({budget - 1} for one "
+                "class). Shorten it."
             )
         if used + need > budget:
             groups.append([])
@@ -227,7 +292,13 @@ def plan_text_passes(prompt: Prompt, tokenizer: Any, max_text_len: int) -> list[
                 f"caption {text_pass.caption!r} tokenised to {len(text_pass.input_ids)} tokens, "
                 f"more than the {max_text_len} planned"
             )
-    if len(passes) > 1:
+    if len(passes) > MANY_PASSES:
+        logger.warning(
+            "%d classes need %d passes of the text encoder: every image costs %d Grounding DINO "
+            "forward passes (only the image backbone is shared); fewer classes per call are "
+            "faster", len(prompt.classes), len(passes), len(passes)
+        )  # fmt: skip
+    elif len(passes) > 1:
         logger.info("prompt of %d classes split into %d passes", len(prompt.classes), len(passes))
     return passes
 

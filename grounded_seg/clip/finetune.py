@@ -120,6 +120,7 @@ class _Encoder:
             truncation=True,
             max_length=self.max_text_len,
             return_tensors="pt",
+            split_special_tokens=True,  # as inference reads user text (see ClipScorer)
         )
         return projected_features(
             self.model.get_text_features(

@@ -112,7 +112,10 @@ class GroundingCollator:
         if not samples:
             raise ValueError("expected at least one sample, got an empty batch")
         captions = [build_caption(sample.classes)[0] for sample in samples]
-        text = self.tokenizer(captions, padding="longest", return_tensors="pt")
+        # class names are plain text, as at inference: "[SEP]" in a name is not the token
+        text = self.tokenizer(
+            captions, padding="longest", return_tensors="pt", split_special_tokens=True
+        )
         if text["input_ids"].shape[1] > self.max_text_len:
             raise ValueError(
                 f"a caption tokenised to {text['input_ids'].shape[1]} tokens, more than the "

@@ -262,7 +262,8 @@ class CocoSamples:
         self.objects = [per_image.get(image["id"], []) for image in dataset.images]
         tokenizer = collator.tokenizer
         self.cost = [
-            len(tokenizer(name, add_special_tokens=False)["input_ids"]) + 1
+            len(tokenizer(name, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+            + 1
             for name in dataset.classes
         ]
         budget = collator.max_text_len - 2  # [CLS] and [SEP]

@@ -90,12 +90,15 @@ class ClipScorer:
         """L2-normalised embeddings ``(T, D)``; a text longer than CLIP's window is refused."""
         with self._tokenizer_lock:
             for text in texts:
-                length = len(self.tokenizer(text)["input_ids"])
+                length = len(self.tokenizer(text, split_special_tokens=True)["input_ids"])
                 if length > self.max_text_len:
                     raise ValueError(
                         f"text {text!r} is {length} tokens; CLIP reads at most {self.max_text_len}"
                     )
-            inputs = self.tokenizer(list(texts), padding=True, return_tensors="pt")
+            # user text is text: "<|endoftext|>" in a class is characters, not the end token
+            inputs = self.tokenizer(
+                list(texts), padding=True, return_tensors="pt", split_special_tokens=True
+            )
         inputs = inputs.to(self.device)
         with autocast(self.device, self.compute_dtype):
             output = self.model.get_text_features(
