@@ -101,7 +101,9 @@ class GroundedSAM:
     >>> cats = gs.predict("black cat")             # doctest: +SKIP
     >>> pets = gs.predict(["cat", "dog"])          # doctest: +SKIP
 
-    Not safe for concurrent use from several threads; use one instance per thread.
+    An instance holds one current image: give each thread its own. They may share the models
+    (``GroundedSAM(detector=gs.proposer, segmenter=gs.segmenter)``), which are safe to use from
+    several threads at once.
     """
 
     def __init__(

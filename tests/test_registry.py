@@ -131,3 +131,18 @@ def test_bundled_model_missing_says_how_to_reproduce(tmp_path, monkeypatch):
     monkeypatch.setattr("grounded_seg._loading.weights_dirs", lambda: [tmp_path / "weights"])
     with pytest.raises(WeightsNotFoundError, match=r"grounded-seg train shapes --model sam"):
         SamSegmenter.from_pretrained("shapes-sam", device="cpu")
+
+
+def test_a_planted_weights_folder_is_named_in_the_log(tiny_sam_dir, tmp_path, monkeypatch, caplog):
+    """./weights/<name> overrides the hub and the bundled models: the log says which file ran."""
+    import logging
+
+    from grounded_seg.segmenters.sam import SamSegmenter
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_sam_dir, tmp_path / "weights" / "sam-vit-base")
+    with caplog.at_level(logging.INFO, logger="grounded_seg"):
+        SamSegmenter.from_pretrained("sam-vit-base", device="cpu")
+    assert (
+        f"segmenter 'sam-vit-base': loading {tmp_path / 'weights' / 'sam-vit-base'}" in caplog.text
+    )
