@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from .availability import hub_offline
 from .errors import InvalidWeightsError, WeightsNotFoundError
 from .registry import ModelSource, weights_dirs
 
@@ -37,43 +38,41 @@ _LOAD_LOCK = threading.RLock()
 _NO_REMOTE_CODE = {"trust_remote_code": False}
 
 
-def _offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
 def _location(source: ModelSource) -> tuple[str, dict[str, Any]]:
     if source.local_dir is not None:
         return str(source.local_dir), {"local_files_only": True, **_NO_REMOTE_CODE}
-    assert source.spec is not None  # resolve_model gives a folder or a spec
-    if source.spec.hub_id is None:
+    if source.hub_id is None:
+        assert source.spec is not None  # resolve_model gives a folder, a hub id or a spec
         raise WeightsNotFoundError(
             f"{source.spec.role} {source.label!r}: not found in "
             f"{', '.join(str(d / str(source.spec.bundled)) for d in weights_dirs())}; "
             f"{how_to_get(source)}"
         )
-    kwargs: dict[str, Any] = {"local_files_only": _offline(), **_NO_REMOTE_CODE}
-    if source.spec.revision:
-        kwargs["revision"] = source.spec.revision
-    return source.spec.hub_id, kwargs
+    kwargs: dict[str, Any] = {"local_files_only": hub_offline(), **_NO_REMOTE_CODE}
+    if source.revision:
+        kwargs["revision"] = source.revision
+    return source.hub_id, kwargs
 
 
 def how_to_get(source: ModelSource) -> str:
     """One sentence telling the user how to put the weights where grounded_seg looks."""
+    if source.hub_id is not None:
+        revision = f" --revision {source.revision}" if source.revision else ""
+        if source.spec is None:  # a hub id passed as such: the Hugging Face cache
+            return f"download it once with `hf download {source.hub_id}{revision}`, then run again"
+        target = weights_dirs()[0] / source.spec.name
+        return (
+            f"download them once with `hf download {source.hub_id}{revision} --local-dir "
+            f"{target}` (or run online once: they are cached), then run again"
+        )
     if source.spec is None:
         return (
             "pass a folder holding config.json and model.safetensors (as written by "
-            "save_pretrained), or a registry name from `grounded-seg models`"
+            "save_pretrained), a hub id (owner/name), or a registry name from `grounded-seg models`"
         )
-    if source.spec.hub_id is None:
-        return (
-            f"it ships in a clone of grounded_seg under weights/{source.spec.bundled}; "
-            f"run from a clone, or train it again with `{source.spec.reproduce}`"
-        )
-    target = weights_dirs()[0] / source.spec.name
     return (
-        f"download them once with `hf download {source.spec.hub_id} --local-dir {target}` "
-        f"(or run online once: they are cached), then run again"
+        f"it ships in a clone of grounded_seg under weights/{source.spec.bundled}; "
+        f"run from a clone, or train it again with `{source.spec.reproduce}`"
     )
 
 

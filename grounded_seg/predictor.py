@@ -117,15 +117,34 @@ class GroundedSAM:
         proposer_options: dict[str, Any] | None = None,
         compile: bool = False,
     ) -> None:
+        from .availability import require_models
+        from .devices import resolve_device
         from .proposers import PROPOSERS
         from .proposers.clip import ClipProposer
         from .proposers.grounding_dino import GroundingDinoProposer
+        from .registry import list_models
         from .segmenters.sam import SamSegmenter
 
         if proposer not in PROPOSERS:
             raise ValueError(f"proposer: expected one of {sorted(PROPOSERS)}, got {proposer!r}")
         if not isinstance(compile, bool):
             raise TypeError(f"compile: expected True or False, got {compile!r}")
+        if detector is None:
+            detector = PROPOSERS[proposer]
+        resolve_device(device)  # a device this machine lacks fails now, not after loading
+        # every model by name is checked before any loads: all missing ones named at once
+        named = ((detector, "detector"), (segmenter, "segmenter"))
+        sources = require_models(
+            [(m, role) for m, role in named if isinstance(m, (str, os.PathLike))]
+        )
+        for source in sources:  # a registry model of another route is a bad argument
+            family = source.spec.family if source.spec else None
+            if source.spec and source.spec.role == "detector" and family != proposer:
+                valid = [s.name for s in list_models("detector") if s.family == proposer]
+                raise ValueError(
+                    f"detector {source.label!r} is a {family} model; the {proposer!r} route "
+                    f"needs one of: {', '.join(valid)} (or a folder of such a model)"
+                )
         if isinstance(segmenter, (str, os.PathLike)):
             segmenter = SamSegmenter.from_pretrained(
                 segmenter, device=device, dtype=dtype, compile=compile
@@ -140,8 +159,6 @@ class GroundedSAM:
                 f"segmenter: expected a model name, a path or a MaskSegmenter, got "
                 f"{type(segmenter).__name__}"
             )
-        if detector is None:
-            detector = PROPOSERS[proposer]
         options = dict(proposer_options or {})
         if options and not isinstance(detector, (str, os.PathLike)):
             raise ValueError("proposer_options apply when the detector is loaded by name or path")

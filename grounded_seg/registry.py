@@ -1,7 +1,9 @@
 """Model names -> where their weights live; ``list_models()``; the local weights search order.
 
 A model is named by a registry name (``"grounding-dino-tiny"``), a local folder in the Hugging Face
-format (``config.json`` + ``model.safetensors`` + processor files), or a file inside such a folder.
+format (``config.json`` + ``model.safetensors`` + processor files), a file inside such a folder, or
+a Hugging Face hub id (``"owner/name"``, optionally ``"owner/name@revision"``; a local path of that
+spelling wins).
 For a registry name the folders below are searched first, then the Hugging Face cache, then the hub:
 
 1. ``$GROUNDED_SEG_WEIGHTS/<name>`` when that environment variable is set;
@@ -18,6 +20,7 @@ Models the project trains itself (``shapes-*``) have no hub id: they ship in the
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -185,17 +188,39 @@ class ModelSource:
     label: str  # what the user passed, for messages
     local_dir: Path | None
     spec: ModelSpec | None
+    hub_repo: str | None = None  # a hub id passed as such (no registry entry)
+    hub_revision: str | None = None
 
     @property
     def hub_id(self) -> str | None:
+        if self.hub_repo is not None:
+            return self.hub_repo
         return None if self.spec is None else self.spec.hub_id
+
+    @property
+    def revision(self) -> str | None:
+        if self.hub_repo is not None:
+            return self.hub_revision
+        return None if self.spec is None else self.spec.revision
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}(@[A-Za-z0-9_./-]+)?$")
+
+
+def parse_hub_id(text: str) -> tuple[str, str | None] | None:
+    """``("owner/name", revision or None)`` when ``text`` is spelled as a hub id, else ``None``."""
+    if not _HUB_ID.match(text) or ".." in text or text.startswith(("./", "../")):
+        return None
+    repo, _, revision = text.partition("@")
+    return repo, revision or None
 
 
 def resolve_model(name_or_path: str | os.PathLike, role: Role) -> ModelSource:
     """Turn a registry name or a path into a :class:`ModelSource`.
 
     A path (anything that exists on disk, or contains a path separator) must be a model folder or a
-    file inside one; an existing registry name is looked up in :func:`weights_dirs` first.
+    file inside one; an existing registry name is looked up in :func:`weights_dirs` first; a
+    string spelled ``owner/name[@revision]`` that is no existing path is a hub id.
     Raises ``TypeError`` for a non-str/PathLike, ``ValueError`` for an unknown name or a model of
     the wrong role, and ``FileNotFoundError`` for a path that does not exist.
     """
@@ -210,7 +235,12 @@ def resolve_model(name_or_path: str | os.PathLike, role: Role) -> ModelSource:
     looks_like_path = isinstance(name_or_path, os.PathLike) or os.sep in text or "/" in text
     if path.exists() or (looks_like_path and not _is_registered(text)):
         if not path.exists():
-            raise FileNotFoundError(f"{role}: no such file or folder: {text}")
+            hub = None if isinstance(name_or_path, os.PathLike) else parse_hub_id(text)
+            if hub is not None:
+                return ModelSource(text, None, None, hub_repo=hub[0], hub_revision=hub[1])
+            raise FileNotFoundError(
+                f"{role}: no such file or folder: {text} (nor a hub id: owner/name[@revision])"
+            )
         if path.is_file() and is_official_checkpoint(path):
             return ModelSource(text, _official_model_dir(path, role), None)
         folder = path if path.is_dir() else path.parent

@@ -96,22 +96,30 @@ def decode_pass(
 
 
 def merge_passes(
-    parts: list[Proposals], nms_threshold: float, max_detections: int | None = None
+    parts: list[Proposals], nms_threshold: float | None, max_detections: int | None = None
 ) -> Proposals:
-    """Merge the proposals of several passes: class-aware NMS, sorted by score, the
-    ``max_detections`` best kept (``None``: all)."""
+    """Merge the proposals of one or more passes: class-aware NMS at ``nms_threshold`` (``None``:
+    none, the official output), sorted by score, the ``max_detections`` best kept (``None``:
+    all). Passes hold disjoint classes, so the NMS removes duplicates *within* a pass: the
+    decoder often returns one object twice with nearly the same box."""
     parts = [p for p in parts if len(p)]
     if not parts:
         return Proposals.empty()
-    if len(parts) == 1:
+    if len(parts) == 1 and nms_threshold is None:
         return parts[0].top(max_detections)
     xyxy = np.concatenate([p.xyxy for p in parts])
     scores = np.concatenate([p.scores for p in parts])
     class_ids = np.concatenate([p.class_ids for p in parts])
     phrases = [phrase for p in parts for phrase in p.phrases]
-    keep = class_aware_nms(
-        torch.from_numpy(xyxy), torch.from_numpy(scores), torch.from_numpy(class_ids), nms_threshold
-    ).numpy()
+    if nms_threshold is None:
+        keep = np.argsort(-scores, kind="stable")
+    else:
+        keep = class_aware_nms(
+            torch.from_numpy(xyxy),
+            torch.from_numpy(scores),
+            torch.from_numpy(class_ids),
+            nms_threshold,
+        ).numpy()
     merged = Proposals(xyxy[keep], scores[keep], class_ids[keep], [phrases[i] for i in keep])
     return merged.top(max_detections)
 
