@@ -52,6 +52,21 @@ def check_max_detections(value: Any) -> int | None:
     return int(value)
 
 
+def nothing_found(prompt: Prompt, proposals: Proposals, box_threshold: float) -> str:
+    """One sentence on an empty result: the best score seen against the threshold, and the
+    prompt words the model cannot read."""
+    text = f"nothing found for {prompt.caption!r}"
+    if proposals.best_score is not None:
+        text += (
+            f": the best score, {proposals.best_score:.3f}, is not above box_threshold "
+            f"{box_threshold:.3g}"
+        )
+    if proposals.unknown_words:
+        words = ", ".join(repr(w) for w in proposals.unknown_words)
+        text += f"; the detector's vocabulary lacks {words}"
+    return text
+
+
 def build_detections(
     proposals: Proposals,
     masks: np.ndarray,
@@ -262,7 +277,7 @@ class GroundedSAM:
             max_detections=max_detections,
         ).top(max_detections)  # whatever a third-party proposer returns
         if len(proposals) == 0:
-            logger.info("no box above %.4g for %r; SAM not run", box_threshold, normalized.caption)
+            logger.info("%s; SAM not run", nothing_found(normalized, proposals, box_threshold))
             masks, mask_scores = np.zeros((0, height, width), bool), np.zeros(0, np.float32)
         elif proposals.masks is not None:  # the proposer's regions are SAM masks already
             masks, mask_scores = proposals.masks, proposals.mask_scores
@@ -270,4 +285,13 @@ class GroundedSAM:
             if self._segmenter_state is None:
                 self._segmenter_state = self.segmenter.encode_image(image)
             masks, mask_scores = self.segmenter.segment(self._segmenter_state, proposals.xyxy)
-        return build_detections(proposals, masks, mask_scores, normalized.classes, height, width)
+        detections = build_detections(
+            proposals, masks, mask_scores, normalized.classes, height, width
+        )
+        # why there is little or nothing: the best score seen, the words the model cannot read
+        detections.metadata.update(
+            box_threshold=box_threshold,
+            best_score=proposals.best_score,
+            unknown_words=list(proposals.unknown_words),
+        )
+        return detections

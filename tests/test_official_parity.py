@@ -395,7 +395,12 @@ def test_grounded_sam_matches_the_official_path(gdino_oracle, bert_dir, image, m
     detector, segmenter, ref = gdino_oracle
     monkeypatch.setenv("GROUNDED_SEG_CACHE", str(work / "cache"))
     monkeypatch.setenv("GROUNDED_SEG_BERT_TOKENIZER", str(bert_dir))
-    gs = GroundedSAM(detector=str(detector), segmenter=str(segmenter), device="cpu")
+    gs = GroundedSAM(
+        detector=str(detector),
+        segmenter=str(segmenter),
+        device="cpu",
+        proposer_options={"nms_threshold": None},  # the official output has no NMS
+    )
     gs.set_image(image)
     with forced_topk(ref["predict_topk_indices"]):
         found = gs.predict(ref["predict_caption"], ref["box_threshold"], ref["text_threshold"])

@@ -22,6 +22,7 @@ a result could not be written (nothing half-written is left, no existing file re
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -36,8 +37,46 @@ logger = logging.getLogger("grounded_seg.cli")
 __all__ = ["main"]
 
 
+COMMANDS = {
+    "segment": cmd_segment,
+    "models": cmd_models,
+    "train": cmd_train,
+    "demo": cmd_demo,
+    "eval": cmd_eval,
+    "convert": cmd_convert,
+}
+
+# The library's messages name Python arguments; on the command line the options are meant.
+_CLI_WORDS = (
+    (re.compile(r"\bpass (?:resume=False )?\(--restart\)"), "pass --restart"),
+    (re.compile(r"\bpass overwrite=True\b"), "pass --overwrite"),
+    (re.compile(r"\boverwrite=True\b"), "--overwrite"),
+    (re.compile(r"\bpass tokenizer=\s*"), "pass --tokenizer "),
+    (re.compile(r"\bmax_pixels \(--max-pixels\)"), "--max-pixels"),
+    (re.compile(r"\bmax_pixels=(?=[\d,]+\b)"), "--max-pixels "),
+    (re.compile(r"\bpass a larger max_pixels\b"), "pass a larger --max-pixels"),
+    (re.compile(r"\(None: no limit\)"), "(0: no limit)"),
+    (re.compile(r"^(box|text)_threshold:"), r"--\1-threshold:"),
+    (re.compile(r"^max_detections:"), "--max-detections:"),
+)
+
+
+def cli_words(message: str) -> str:
+    """A library message as a command-line user reads it (options, not keyword arguments)."""
+    for pattern, replacement in _CLI_WORDS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+def _fail(err: BaseException, status: int) -> int:
+    print(f"error: {cli_words(str(err))}", file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``grounded-seg``; returns the exit status."""
+    """Entry point of ``grounded-seg``; returns the exit status: 0 ok, 1 a model cannot be
+    loaded, 2 a bad argument or input (argparse's own usage errors included), 3 a result could
+    not be written."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -48,26 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a process of our own: large freed tensors stay in the heap (see grounded_seg.allocator)
     reuse_freed_memory()
     try:
-        if args.command == "models":
-            return cmd_models(args)
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "demo":
-            return cmd_demo(args)
-        if args.command == "eval":
-            return cmd_eval(args)
-        if args.command == "convert":
-            return cmd_convert(args)
-        return cmd_segment(args)
+        return COMMANDS[args.command](args)
     except OutputError as err:  # after the work: the results could not be saved
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    except FileExistsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err, 3)
     except (WeightsNotFoundError, InvalidWeightsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err, 1)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        return _fail(err, 2)

@@ -1,4 +1,4 @@
-"""The ``grounded-seg`` argument parser."""
+"""The ``grounded-seg`` argument parser: every option with its default shown in ``--help``."""
 
 from __future__ import annotations
 
@@ -6,45 +6,100 @@ import argparse
 
 from ..images import DEFAULT_MAX_PIXELS
 
+ROUTES = ("grounding_dino", "clip")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help text, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _common(subparser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: "-v" given before the command is not reset by the command's own default
+    subparser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress"
+    )
+
+
+def _models(subparser: argparse.ArgumentParser, detector_help: str) -> None:
+    subparser.add_argument(
+        "--proposer",
+        choices=ROUTES,
+        default="grounding_dino",
+        help="words -> boxes: Grounding DINO, or SAM's regions scored by CLIP",
+    )
+    subparser.add_argument("--detector", default=None, help=detector_help)
+    subparser.add_argument(
+        "--segmenter", default="sam-vit-base", help="registry name, folder or hub id"
+    )
+    subparser.add_argument(
+        "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
+    )
+    subparser.add_argument(
+        "--dtype",
+        default=None,
+        help="float32 when not given; bfloat16 (CUDA, CPU) or float16 (CUDA, MPS): autocast",
+    )
+
+
+def _iou_or_none(text: str) -> float | None:
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an IoU in (0, 1] or 'none', got {text!r}"
+        ) from None
+
+
+DETECTOR_HELP = (
+    "the route's model: registry name, folder or hub id (owner/name[@revision]); when not "
+    "given, grounding-dino-tiny, or clip-vit-base-patch32 with --proposer clip"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
-        prog="grounded-seg", description="Segment whatever a text prompt names."
+        prog="grounded-seg",
+        description="Segment whatever a text prompt names.",
+        formatter_class=_Help,
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log progress (train always logs)"
-    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("--version", action="version", version=f"grounded-seg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    seg = sub.add_parser("segment", help="segment what PROMPT names in IMAGE")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        made = sub.add_parser(name, help=text, description=text, formatter_class=_Help)
+        _common(made)
+        return made
+
+    seg = command("segment", "segment what PROMPT names in IMAGE")
     seg.add_argument("image", help="image file")
     seg.add_argument("prompt", help='free text ("black cat") or classes ("cat. dog.")')
     seg.add_argument("-o", "--output", help="write the annotated image here (PNG, JPEG, ...)")
     seg.add_argument("--json", dest="json_path", help="write the detections here as JSON")
     seg.add_argument("--masks-dir", help="write one PNG mask per detection into this folder")
+    _models(seg, DETECTOR_HELP)
+    seg.add_argument("--box-threshold", type=float, default=0.35, help="keep boxes scoring above")
     seg.add_argument(
-        "--proposer",
-        choices=["grounding_dino", "clip"],
-        default="grounding_dino",
-        help="words -> boxes: Grounding DINO (default) or SAM regions scored by CLIP",
+        "--text-threshold", type=float, default=0.25, help="words above it form the phrase"
     )
-    seg.add_argument(
-        "--detector",
-        default=None,
-        help="the proposer's model, registry name or folder (default: grounding-dino-tiny, "
-        "or clip-vit-base-patch32 with --proposer clip)",
-    )
-    seg.add_argument("--segmenter", default="sam-vit-base", help="registry name or folder")
-    seg.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
-    seg.add_argument(
-        "--dtype",
-        default=None,
-        help="float32 (default); bfloat16 (CUDA, CPU) or float16 (CUDA, MPS): autocast fast path",
-    )
-    seg.add_argument("--box-threshold", type=float, default=0.35)
-    seg.add_argument("--text-threshold", type=float, default=0.25)
     seg.add_argument(
         "--max-detections", type=int, default=100, help="keep at most this many, the best"
+    )
+    seg.add_argument(
+        "--nms-threshold",
+        type=_iou_or_none,
+        default=0.5,
+        help="drop a box overlapping a better one of its class by more (none: keep all)",
     )
     seg.add_argument(
         "--max-pixels",
@@ -54,84 +109,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
-    models = sub.add_parser("models", help="list the registered models")
+    models = command("models", "list the registered models")
     models.add_argument("--role", choices=["detector", "segmenter"], default=None)
 
-    demo = sub.add_parser("demo", help="offline: segment a generated scene with bundled models")
-    demo.add_argument("prompt", nargs="?", default="red circle. blue square.")
-    demo.add_argument("--seed", type=int, default=None, help="scene seed (default: held-out)")
+    demo = command("demo", "offline: segment a generated scene with the bundled models")
+    demo.add_argument("prompt", nargs="?", default="red circle. blue square.", help="the classes")
+    demo.add_argument("--seed", type=int, default=None, help="scene seed (a held-out one if not)")
     demo.add_argument("-o", "--output", default="demo.png", help="annotated image to write")
-    demo.add_argument("--device", default=None)
-    demo.add_argument("--box-threshold", type=float, default=0.35)
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    demo.add_argument("--box-threshold", type=float, default=0.35, help="keep boxes above")
     demo.add_argument(
         "--proposer",
-        choices=["grounding_dino", "clip"],
+        choices=ROUTES,
         default="grounding_dino",
-        help="grounding_dino: shapes-gdino (default); clip: shapes-clip over SAM candidates",
+        help="grounding_dino: shapes-gdino; clip: shapes-clip over SAM candidates",
     )
-    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
 
-    ev = sub.add_parser("eval", help="score boxes and masks on a COCO data set (AP, AP50, AP75)")
+    ev = command("eval", "score boxes and masks on a COCO data set (AP, AP50, AP75)")
     ev.add_argument("annotations", help="COCO annotation file (JSON)")
-    ev.add_argument("--images", default=None, help="image folder (default: images/ beside it)")
-    ev.add_argument("--proposer", choices=["grounding_dino", "clip"], default="grounding_dino")
-    ev.add_argument("--detector", default=None, help="the proposer's model, name or folder")
-    ev.add_argument("--segmenter", default="sam-vit-base", help="registry name or folder")
-    ev.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    ev.add_argument("--images", default=None, help="image folder (images/ beside the file if not)")
+    _models(ev, DETECTOR_HELP)
     ev.add_argument(
-        "--dtype",
-        default=None,
-        help="float32 (default); bfloat16 (CUDA, CPU) or float16 (CUDA, MPS): autocast fast path",
+        "--box-threshold", type=float, default=0.0, help="0 keeps every box, as AP wants"
     )
     ev.add_argument(
-        "--box-threshold", type=float, default=0.0, help="0 (default) keeps every box, as AP wants"
+        "--text-threshold", type=float, default=0.25, help="words above it form the phrase"
     )
-    ev.add_argument("--text-threshold", type=float, default=0.25)
-    ev.add_argument(
-        "--max-detections", type=int, default=100, help="per image (COCO's maxDets: 100)"
-    )
+    ev.add_argument("--max-detections", type=int, default=100, help="per image (COCO's maxDets)")
     ev.add_argument("--max-images", type=int, default=None, help="only the first N images")
     ev.add_argument("--json", dest="json_path", help="write the report here as JSON")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
-    conv = sub.add_parser(
-        "convert", help="convert an official GroundingDINO / segment-anything .pth to a folder"
+    conv = command(
+        "convert", "convert an official GroundingDINO / segment-anything .pth to a folder"
     )
     conv.add_argument("src", help="official checkpoint, e.g. groundingdino_swint_ogc.pth")
     conv.add_argument("dst", help="new model folder (must not exist)")
     conv.add_argument(
         "--tokenizer",
         default=None,
-        help="Grounding DINO's BERT tokenizer: hub id, folder or vocab.txt (default "
+        help="Grounding DINO's BERT tokenizer: hub id, folder or vocab.txt (if not given, "
         "$GROUNDED_SEG_BERT_TOKENIZER or bert-base-uncased)",
     )
 
-    train = sub.add_parser("train", help="train a model of the shapes world (reproducible)")
-    train.add_argument("world", choices=["shapes"])
+    train = command("train", "train a model of the shapes world (reproducible)")
+    train.add_argument("world", choices=["shapes"], help="the generated world")
     train.add_argument("--model", choices=["sam", "clip", "gdino"], required=True)
-    train.add_argument("--out", default=None, help="output folder (default weights/shapes/MODEL)")
+    train.add_argument("--out", default=None, help="output folder (weights/shapes/MODEL if not)")
     train.add_argument("--steps", type=int, default=None, help="training steps (model default)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--seed", type=int, default=0, help="the run's seed")
+    train.add_argument("--threads", type=int, default=1, help="CPU threads")
     train.add_argument("--overwrite", action="store_true", help="replace a finished model")
     train.add_argument(
         "--restart", action="store_true", help="ignore an interrupted run's checkpoint; start over"
     )
     gdino = train.add_argument_group("gdino only")
-    gdino.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (gdino only)")
-    gdino.add_argument("--batch-size", type=int, default=None, help="scenes per step (gdino)")
-    gdino.add_argument("--workers", type=int, default=0, help="data worker processes (gdino)")
+    gdino.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    gdino.add_argument("--batch-size", type=int, default=None, help="scenes per step")
+    gdino.add_argument("--workers", type=int, default=0, help="data worker processes")
     gdino.add_argument(
         "--stop-at", type=int, default=None, help="end this run after that step; rerun to resume"
     )
-    gdino.add_argument("--learning-rate", type=float, default=None, help="peak rate (gdino)")
+    gdino.add_argument("--learning-rate", type=float, default=None, help="peak rate")
     gdino.add_argument(
-        "--init-from", default=None, help="continue from a trained shapes-gdino folder (gdino)"
+        "--init-from", default=None, help="continue from a trained shapes-gdino folder"
     )
     gdino.add_argument(
-        "--single-phrase-share",
-        type=float,
-        default=None,
-        help="fraction of one-phrase captions, 0-1 (gdino)",
+        "--single-phrase-share", type=float, default=None, help="share of one-phrase captions"
     )
     return parser

@@ -53,6 +53,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         box_threshold=args.box_threshold,
         text_threshold=args.text_threshold,
         max_detections=args.max_detections,
+        nms_threshold=args.nms_threshold,
         device=args.device,
         dtype=args.dtype,
         max_pixels=max_pixels,
@@ -86,6 +87,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     write_all(outputs, overwrite=args.overwrite)  # all or nothing; atomic each
 
     print(f"{len(detections)} detection(s) for {prompt.caption!r} in {seconds:.2f} s")
+    meta = detections.metadata
+    if not len(detections) and meta.get("best_score") is not None:
+        print(
+            f"  nothing scored above --box-threshold {args.box_threshold:g}: the best was "
+            f"{meta['best_score']:.3f}"
+        )
+    if meta.get("unknown_words"):
+        words = ", ".join(repr(w) for w in meta["unknown_words"])
+        print(f"  the detector does not know the words {words} (not in its vocabulary)")
     for row in detections_to_json(detections):
         box = ", ".join(f"{v:.1f}" for v in row["box_xyxy"])
         print(

@@ -19,6 +19,9 @@ class Proposals:
     ``phrases`` the ``N`` words of the prompt that grounded each box (never empty).
     A proposer that already has a mask per box (the CLIP route's SAM candidates) sets ``masks``
     ``(N, H, W)`` bool and ``mask_scores`` ``(N,)``; the pipeline then does not run SAM again.
+    ``best_score`` is the highest score the proposer saw, kept or not (``None``: unknown): when
+    nothing passes the threshold it tells the user how far off the best candidate was.
+    ``unknown_words`` are prompt words the model cannot read (its vocabulary lacks them).
     """
 
     xyxy: np.ndarray
@@ -27,6 +30,8 @@ class Proposals:
     phrases: list[str] = field(default_factory=list)
     masks: np.ndarray | None = None
     mask_scores: np.ndarray | None = None
+    best_score: float | None = None
+    unknown_words: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.xyxy)
@@ -46,8 +51,14 @@ class Proposals:
             )
 
     @classmethod
-    def empty(cls) -> Proposals:
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), [])
+    def empty(cls, best_score: float | None = None) -> Proposals:
+        return cls(
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int64),
+            [],
+            best_score=best_score,
+        )
 
     def __len__(self) -> int:
         return len(self.xyxy)
@@ -59,7 +70,14 @@ class Proposals:
         masks = None if self.masks is None else self.masks[:k]
         mask_scores = None if self.mask_scores is None else self.mask_scores[:k]
         return Proposals(
-            self.xyxy[:k], self.scores[:k], self.class_ids[:k], self.phrases[:k], masks, mask_scores
+            self.xyxy[:k],
+            self.scores[:k],
+            self.class_ids[:k],
+            self.phrases[:k],
+            masks,
+            mask_scores,
+            self.best_score,
+            self.unknown_words,
         )
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .._loading import load_pretrained
-from ..boxes import class_aware_nms
+from ..boxes import DEFAULT_NMS_THRESHOLD, check_nms_threshold, class_aware_nms
 from ..clip import projected_features
 from ..devices import autocast, resolve_device, resolve_dtype
 from ..prompts import Prompt
@@ -162,7 +162,7 @@ class ClipProposer:
         distractors: Sequence[str] = (),
         crop_margin: float = 0.1,
         blank_background: bool = False,
-        nms_threshold: float = 0.5,
+        nms_threshold: float | None = DEFAULT_NMS_THRESHOLD,
         crop_views: int = 1,
     ) -> None:
         if "{}" not in template:
@@ -179,7 +179,7 @@ class ClipProposer:
         self.distractors = tuple(distractors)
         self.crop_margin = crop_margin
         self.blank_background = blank_background
-        self.nms_threshold = nms_threshold
+        self.nms_threshold = check_nms_threshold(nms_threshold)
         self.crop_views = int(crop_views)
 
     @classmethod
@@ -280,16 +280,20 @@ class ClipProposer:
         probs = self.class_probabilities(state, prompt)
         n_classes = len(prompt.classes)
         best_prob, best = probs.max(dim=-1)
+        best_score = float(probs[:, :n_classes].max())  # the best any region gave a class
         keep = (best < n_classes) & (best_prob > box_threshold)
         if not bool(keep.any()):
-            return Proposals.empty()
+            return Proposals.empty(best_score)
         index = torch.nonzero(keep).flatten()
-        order = class_aware_nms(
-            torch.from_numpy(found.xyxy[index.numpy()]),
-            best_prob[index],
-            best[index],
-            self.nms_threshold,
-        )
+        if self.nms_threshold is None:
+            order = torch.argsort(best_prob[index], descending=True, stable=True)
+        else:
+            order = class_aware_nms(
+                torch.from_numpy(found.xyxy[index.numpy()]),
+                best_prob[index],
+                best[index],
+                self.nms_threshold,
+            )
         index = index[order[:max_detections]].numpy()
         class_ids = best[index].numpy().astype(np.int64)
         return Proposals(
@@ -299,4 +303,5 @@ class ClipProposer:
             phrases=[prompt.classes[i] for i in class_ids],
             masks=found.masks[index],
             mask_scores=found.scores[index],
+            best_score=best_score,
         )

@@ -26,7 +26,12 @@ import numpy as np
 import torch
 
 from .._loading import load_pretrained
-from ..boxes import class_aware_nms, normalized_cxcywh_to_pixels
+from ..boxes import (
+    DEFAULT_NMS_THRESHOLD,
+    check_nms_threshold,
+    class_aware_nms,
+    normalized_cxcywh_to_pixels,
+)
 from ..devices import autocast, resolve_device, resolve_dtype
 from ..preprocessing import grounding_dino_pixels
 from ..prompts import Prompt, TextPass, class_scores, phrase_for, plan_text_passes
@@ -71,9 +76,10 @@ def decode_pass(
     """
     probs = logits.float().sigmoid()
     scores = probs.max(dim=-1).values
+    best_score = float(scores.max()) if scores.numel() else None
     keep = scores > box_threshold
     if not bool(keep.any()):
-        return Proposals.empty()
+        return Proposals.empty(best_score)
     probs, scores = probs[keep], scores[keep]
     if max_detections is not None and len(scores) > max_detections:
         best = torch.argsort(scores, descending=True, stable=True)[:max_detections].sort().values
@@ -92,6 +98,7 @@ def decode_pass(
         scores=scores[order].cpu().numpy().astype(np.float32),
         class_ids=class_map[local_class[order].cpu()].numpy().astype(np.int64),
         phrases=phrases,
+        best_score=best_score,
     )
 
 
@@ -102,9 +109,11 @@ def merge_passes(
     none, the official output), sorted by score, the ``max_detections`` best kept (``None``:
     all). Passes hold disjoint classes, so the NMS removes duplicates *within* a pass: the
     decoder often returns one object twice with nearly the same box."""
+    seen = [p.best_score for p in parts if p.best_score is not None]
+    best_score = max(seen) if seen else None
     parts = [p for p in parts if len(p)]
     if not parts:
-        return Proposals.empty()
+        return Proposals.empty(best_score)
     if len(parts) == 1 and nms_threshold is None:
         return parts[0].top(max_detections)
     xyxy = np.concatenate([p.xyxy for p in parts])
@@ -120,7 +129,9 @@ def merge_passes(
             torch.from_numpy(class_ids),
             nms_threshold,
         ).numpy()
-    merged = Proposals(xyxy[keep], scores[keep], class_ids[keep], [phrases[i] for i in keep])
+    merged = Proposals(
+        xyxy[keep], scores[keep], class_ids[keep], [phrases[i] for i in keep], best_score=best_score
+    )
     return merged.top(max_detections)
 
 
@@ -137,7 +148,7 @@ class GroundingDinoProposer:
         model: torch.nn.Module,
         tokenizer: Any,
         image_processor: Any,
-        nms_threshold: float = 0.5,
+        nms_threshold: float | None = DEFAULT_NMS_THRESHOLD,
         dtype: str | torch.dtype | None = None,
     ) -> None:
         self.model = model
@@ -148,7 +159,8 @@ class GroundingDinoProposer:
         # sets: calls from several threads must take turns (see ClipScorer.embed_texts)
         self._tokenizer_lock = threading.Lock()
         self.image_processor = image_processor
-        self.nms_threshold = nms_threshold
+        # class-aware NMS within each pass (None: the official output, duplicates and all)
+        self.nms_threshold = check_nms_threshold(nms_threshold)
         self.max_text_len = int(model.config.max_text_len)
         # a leaner deformable-attention kernel, float32 under half precision (see .deformable),
         # and the image<->text attention re-associated through the text side (see .fusion):
@@ -165,7 +177,7 @@ class GroundingDinoProposer:
         name_or_path: str | os.PathLike = "grounding-dino-tiny",
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
-        nms_threshold: float = 0.5,
+        nms_threshold: float | None = DEFAULT_NMS_THRESHOLD,
     ) -> GroundingDinoProposer:
         """Load a registry name or a local folder (strict weights, clear errors).
 
@@ -249,7 +261,14 @@ class GroundingDinoProposer:
         """Boxes for ``prompt``; several passes for a long prompt, merged with class-aware NMS;
         at most ``max_detections`` per pass and in all (``None``: no cap)."""
         parts = []
-        for text_pass in self.text_passes(prompt):
+        passes = self.text_passes(prompt)
+        unknown = self.unknown_words(passes)
+        if unknown:
+            logger.info(
+                "the detector's vocabulary has no tokens for %s: it reads them as unknown and "
+                "cannot ground them", ", ".join(repr(w) for w in unknown)
+            )  # fmt: skip
+        for text_pass in passes:
             logits, boxes = self.forward_pass(state, text_pass)
             parts.append(
                 decode_pass(
@@ -263,4 +282,24 @@ class GroundingDinoProposer:
                     max_detections,
                 )
             )
-        return merge_passes(parts, self.nms_threshold, max_detections)
+        merged = merge_passes(parts, self.nms_threshold, max_detections)
+        merged.unknown_words = unknown
+        return merged
+
+    def unknown_words(self, passes: list[TextPass]) -> tuple[str, ...]:
+        """Words of the prompt the text encoder has no token for: read as the unknown token, or
+        spelled out letter by letter (a compact vocabulary like shapes-gdino's keeps letters
+        so that any word tokenises; the model never saw such words). Real BERT spells out only
+        strings it has no piece for either."""
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        words = []
+        for text_pass in passes:
+            for word in text_pass.words:
+                ids = list(text_pass.input_ids[word.start : word.end])
+                pieces = self.tokenizer.convert_ids_to_tokens(ids)
+                spelled = word.char_end - word.char_start > 1 and all(
+                    len(piece.removeprefix("##")) == 1 for piece in pieces
+                )
+                if unk in ids or spelled:
+                    words.append(text_pass.caption[word.char_start : word.char_end])
+        return tuple(dict.fromkeys(words))
