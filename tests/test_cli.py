@@ -15,6 +15,7 @@ from PIL import Image
 
 import grounded_seg
 from grounded_seg.cli import main
+from grounded_seg.export import rle_decode
 
 PROMPT = "Cat. black  dog"
 CLASSES = ["cat", "black dog"]  # normalize_prompt(PROMPT).classes
@@ -108,9 +109,20 @@ def test_segment_writes_image_json_and_masks(tmp_path, scene, scene_png, model_a
     assert len(detections) > 0  # box threshold 0: every query is a detection
     assert f"{len(detections)} detection(s)" in captured.out
 
-    mask_files = sorted(masks_dir.iterdir())
+    mask_files = sorted(p for p in masks_dir.iterdir() if p.name != "mask.png")
     assert len(mask_files) == len(detections)
     assert sorted(Path(row["mask_file"]) for row in detections) == mask_files
+    # the label map: each pixel the id of the best detection covering it, 0 for none
+    with Image.open(masks_dir / "mask.png") as label_img:
+        labels = np.asarray(label_img)
+    assert labels.shape == (90, 120)
+    covered = np.zeros((90, 120), bool)
+    for row in detections:
+        mask = rle_decode(row["mask_rle"])  # the JSON's COCO RLE is the mask itself
+        assert int(mask.sum()) == row["mask_area"]
+        np.testing.assert_array_equal(labels[mask & ~covered], row["instance_id"])
+        covered |= mask
+    assert not labels[~covered].any()
 
     for row in detections:
         assert row["class_name"] in CLASSES
@@ -176,7 +188,9 @@ def test_segment_nothing_found(tmp_path, scene, scene_png, model_args, capsys):
     assert report["classes"] == CLASSES
     assert (report["height"], report["width"]) == (90, 120)
     np.testing.assert_array_equal(_read_rgb(out_png), scene)
-    assert not masks_dir.exists() or list(masks_dir.iterdir()) == []
+    assert [p.name for p in masks_dir.iterdir()] == ["mask.png"]  # the label map of nothing
+    with Image.open(masks_dir / "mask.png") as label_img:
+        assert not np.asarray(label_img).any()
 
 
 # ---------------------------------------------------------------------------- never overwrite
@@ -254,11 +268,25 @@ def test_existing_mask_file_is_kept_without_overwrite(tmp_path, scene_png, model
     )
     err = capsys.readouterr().err
     assert rc == 2
-    assert "--overwrite" in err
+    assert "--overwrite" in err and "earlier run" in err
     assert first.read_bytes() == b"precious"
     assert second.read_bytes() == b"precious"
     assert sorted(p.name for p in masks_dir.iterdir()) == ["000_black-dog.png", "000_cat.png"]
     assert not out_png.exists()
+
+
+def test_masks_of_an_earlier_run_are_replaced_not_mixed(tmp_path, scene_png, model_args):
+    masks_dir = tmp_path / "masks"
+    masks_dir.mkdir()
+    (masks_dir / "notes.txt").write_text("the user's own file")
+    argv = ["segment", str(scene_png), PROMPT, "--masks-dir", str(masks_dir), *model_args]
+    assert main([*argv, "--box-threshold", "0"]) == 0
+    many = sorted(p.name for p in masks_dir.iterdir())
+    assert len(many) == 20 + 2  # 20 masks, mask.png, notes.txt
+    assert main([*argv, "--box-threshold", "0", "--max-detections", "3", "--overwrite"]) == 0
+    few = sorted(p.name for p in masks_dir.iterdir())
+    assert len(few) == 3 + 2 and "notes.txt" in few  # the earlier run's other 17 are gone
+    assert (masks_dir / "notes.txt").read_text() == "the user's own file"
 
 
 def test_output_is_never_the_input_image(tmp_path, scene_png, model_args, capsys):

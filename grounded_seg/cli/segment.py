@@ -6,7 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
-from ..export import detections_to_json, json_writer, mask_paths, mask_writers
+from ..export import (
+    LABEL_MAP,
+    detections_to_json,
+    json_writer,
+    label_map,
+    mask_paths,
+    mask_writers,
+    owned_files,
+)
 from ..outputs import check_output, image_format, image_writer, write_all
 
 
@@ -42,6 +50,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--masks-dir {masks_dir}: the folder {masks_dir.parent} does not exist"
             )
+        earlier = owned_files(masks_dir)  # an earlier run's masks: never mixed with this one's
+        if earlier and not args.overwrite:
+            raise ValueError(
+                f"--masks-dir {masks_dir}: holds {len(earlier)} mask file(s) of an earlier run "
+                f"({earlier[0].name}, ...); pass --overwrite to replace them, or name a new folder"
+            )
 
     start = time.perf_counter()
     detections = segment(
@@ -65,9 +79,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if masks_dir is not None:
         mask_files = mask_paths(masks_dir, detections)
         masks_dir.mkdir(exist_ok=True)
-        for path in mask_files:
+        for path in [*mask_files, masks_dir / LABEL_MAP]:
             check_output(path, inputs=inputs, overwrite=args.overwrite, flag="--masks-dir")
         outputs += mask_writers(detections, mask_files)
+        outputs.append((masks_dir / LABEL_MAP, image_writer(label_map(detections), "PNG")))
     if args.output:
         outputs.append((Path(args.output), image_writer(annotate(rgb, detections), output_format)))
     if args.json_path:
@@ -81,10 +96,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "detector": str(args.detector or PROPOSERS[args.proposer]),
             "segmenter": str(args.segmenter),
             "seconds": round(seconds, 3),
-            "detections": detections_to_json(detections, mask_files),
+            "detections": detections_to_json(detections, mask_files, rle=True),
         }
         outputs.append((Path(args.json_path), json_writer(report)))
     write_all(outputs, overwrite=args.overwrite)  # all or nothing; atomic each
+    if masks_dir is not None:  # an earlier run's masks this run did not replace
+        written = {path.resolve() for path, _ in outputs}
+        for stale in owned_files(masks_dir):
+            if stale.resolve() not in written:
+                stale.unlink()
 
     print(f"{len(detections)} detection(s) for {prompt.caption!r} in {seconds:.2f} s")
     meta = detections.metadata
@@ -104,6 +124,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
         )
     for path in [Path(p) for p in (args.output, args.json_path) if p]:
         print(f"wrote {path}")
-    if mask_files:
-        print(f"wrote {len(mask_files)} mask(s) to {args.masks_dir}")
+    if masks_dir is not None:
+        print(f"wrote {len(mask_files)} mask(s) and the label map {LABEL_MAP} to {masks_dir}")
     return 0

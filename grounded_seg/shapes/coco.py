@@ -7,33 +7,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
+from ..export import rle_decode, rle_encode
 from .world import PHRASES, make_scene
 
-
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
-    """COCO's uncompressed RLE of a bool ``(H, W)`` mask: run lengths in column-major order,
-    starting with a run of zeros (possibly empty), and ``size`` ``[H, W]``."""
-    flat = np.asarray(mask, bool).ravel(order="F")
-    changes = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return {"counts": counts, "size": [int(mask.shape[0]), int(mask.shape[1])]}
-
-
-def rle_decode(rle: dict[str, Any]) -> np.ndarray:
-    """The bool ``(H, W)`` mask of an uncompressed RLE (the inverse of :func:`rle_encode`)."""
-    height, width = rle["size"]
-    values = np.zeros(len(rle["counts"]), bool)
-    values[1::2] = True
-    flat = np.repeat(values, rle["counts"])
-    if flat.size != height * width:
-        raise ValueError(f"RLE: counts sum to {flat.size}, expected {height} x {width}")
-    return flat.reshape((height, width), order="F")
+__all__ = ["coco_categories", "export_coco", "rle_decode", "rle_encode"]
 
 
 def coco_categories() -> list[dict[str, Any]]:
