@@ -17,6 +17,7 @@ from .images import load_image
 from .predictor import GroundedSAM
 from .prompts import Prompt, normalize_prompt
 from .registry import ModelSpec, list_models
+from .segmenters.sam_auto import AutoMaskConfig
 from .visualize import annotate
 
 try:
@@ -25,6 +26,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [
+    "AutoMaskConfig",
     "GroundedSAM",
     "InvalidWeightsError",
     "ModelSpec",

@@ -300,3 +300,39 @@ def test_crop_views_average_the_rotated_crops(route):
     assert seen[1] == [(w, h, c) for h, w, c in seen[0]] and seen[2] == seen[0]
     # colour does not change when turned: the same embeddings as one view
     torch.testing.assert_close(averaged, plain)
+
+
+def test_a_denser_grid_keeps_the_models_calibrated_filters():
+    """README's recipe, AutoMaskConfig(points_per_side=32), used to replace shapes-sam's
+    calibrated filters with SAM's defaults and find nothing; only what is named overrides."""
+    from grounded_seg import AutoMaskConfig as Exported
+    from grounded_seg.shapes import HELD_OUT_SEEDS, make_scene
+
+    assert Exported is AutoMaskConfig
+    gs = GroundedSAM(
+        detector="shapes-clip",
+        segmenter="shapes-sam",
+        proposer="clip",
+        device="cpu",
+        proposer_options={"auto_config": AutoMaskConfig(points_per_side=32)},
+    )
+    calibrated = dict(gs.segmenter.auto_mask)
+    config = gs.proposer.auto_config
+    assert config.points_per_side == 32 and calibrated.pop("points_per_side") == 16
+    assert {k: getattr(config, k) for k in calibrated} == calibrated
+    hits = 0
+    for seed in range(HELD_OUT_SEEDS.start + 2300, HELD_OUT_SEEDS.start + 2305):
+        scene = make_scene(seed)
+        gs.set_image(scene.image)
+        det = gs.predict(scene.phrases[0])
+        hits += scene.phrases[0] in det.data["class_name"].tolist()
+    assert hits >= 4, hits
+
+
+def test_auto_config_resolution_order():
+    calibrated = {"pred_iou_thresh": 0.5, "min_mask_region_area": 200}
+    got = AutoMaskConfig(points_per_side=8, pred_iou_thresh=0.7).resolved(calibrated)
+    assert (got.points_per_side, got.pred_iou_thresh, got.min_mask_region_area) == (8, 0.7, 200)
+    assert got.stability_score_thresh == 0.95  # SAM's default where neither sets it
+    with pytest.raises(ValueError, match="unknown fields"):
+        AutoMaskConfig().resolved({"points": 3})

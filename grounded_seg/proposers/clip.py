@@ -156,7 +156,7 @@ class ClipProposer:
         self,
         scorer: ClipScorer,
         segmenter: SamSegmenter,
-        auto_config: AutoMaskConfig | None = None,
+        auto_config: AutoMaskConfig | dict | None = None,
         template: str = "a photo of a {}.",
         background_texts: Sequence[str] = DEFAULT_BACKGROUND_TEXTS,
         distractors: Sequence[str] = (),
@@ -171,9 +171,18 @@ class ClipProposer:
             raise ValueError(f"crop_views: expected 1, 2 or 4, got {crop_views!r}")
         self.scorer = scorer
         self.segmenter = segmenter
-        if auto_config is None:  # the segmenter's calibrated filters, else SAM's defaults
-            auto_config = AutoMaskConfig(**getattr(segmenter, "auto_mask", None) or {})
-        self.auto_config = auto_config
+        if isinstance(auto_config, dict):
+            auto_config = AutoMaskConfig(**auto_config)
+        elif auto_config is not None and not isinstance(auto_config, AutoMaskConfig):
+            raise TypeError(
+                f"auto_config: expected an AutoMaskConfig, a dict or None, got "
+                f"{type(auto_config).__name__}"
+            )
+        # the fields given override; the rest are the segmenter's calibrated filters, else
+        # SAM's defaults (a denser grid alone keeps the calibration)
+        self.auto_config = (auto_config or AutoMaskConfig()).resolved(
+            getattr(segmenter, "auto_mask", None)
+        )
         self.template = template
         self.background_texts = tuple(background_texts)
         self.distractors = tuple(distractors)

@@ -20,30 +20,66 @@ import torch
 from ..boxes import class_aware_nms
 from .sam import SamImageState, SamSegmenter, scale_boxes
 
+AUTO_MASK_DEFAULTS: dict[str, float | int] = {
+    "points_per_side": 16,  # 16 x 16 = 256 point prompts (segment-anything: 32)
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "stability_score_offset": 1.0,
+    "box_nms_thresh": 0.7,
+    "min_area_fraction": 0.0,  # drop masks smaller than this fraction of the image
+    "min_mask_region_area": 0,  # islands and holes below this many pixels are removed
+}
+"""segment-anything's automatic-mode defaults (but 16 points a side)."""
+
 
 @dataclass(frozen=True)
 class AutoMaskConfig:
-    """Settings of the automatic mode (segment-anything's defaults except ``points_per_side``)."""
+    """Settings of the automatic mode; a field left ``None`` is not set here.
 
-    points_per_side: int = 16  # 16 x 16 = 256 point prompts
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    min_area_fraction: float = 0.0  # drop masks smaller than this fraction of the image
-    min_mask_region_area: int = 0  # islands and holes below this many pixels are removed
+    Only the fields given override: :meth:`resolved` fills the others from a model's calibrated
+    settings (``grounded_seg.json`` beside a small SAM such as shapes-sam), then from
+    :data:`AUTO_MASK_DEFAULTS`. So ``AutoMaskConfig(points_per_side=32)`` asks for a denser grid
+    and keeps the model's calibrated filters.
+    """
+
+    points_per_side: int | None = None
+    points_per_batch: int | None = None
+    pred_iou_thresh: float | None = None
+    stability_score_thresh: float | None = None
+    stability_score_offset: float | None = None
+    box_nms_thresh: float | None = None
+    min_area_fraction: float | None = None
+    min_mask_region_area: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.points_per_side, int) or self.points_per_side < 1:
-            raise ValueError(f"points_per_side: expected an int >= 1, got {self.points_per_side!r}")
-        if not isinstance(self.points_per_batch, int) or self.points_per_batch < 1:
-            raise ValueError(
-                f"points_per_batch: expected an int >= 1, got {self.points_per_batch!r}"
-            )
+        for name in ("points_per_side", "points_per_batch"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
         area = self.min_mask_region_area
-        if isinstance(area, bool) or not isinstance(area, int) or area < 0:
+        if area is not None and (isinstance(area, bool) or not isinstance(area, int) or area < 0):
             raise ValueError(f"min_mask_region_area: expected an int >= 0, got {area!r}")
+        for name in ("pred_iou_thresh", "stability_score_thresh", "stability_score_offset",
+                     "box_nms_thresh", "min_area_fraction"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
+                raise TypeError(f"{name}: expected a number, got {value!r}")
+
+    def given(self) -> dict[str, float | int]:
+        """The fields set here (not ``None``)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+    def resolved(self, calibrated: dict | None = None) -> AutoMaskConfig:
+        """Every field set: this config's, else ``calibrated``'s, else the defaults."""
+        unknown = set(calibrated or {}) - set(AUTO_MASK_DEFAULTS)
+        if unknown:
+            raise ValueError(f"auto_mask settings: unknown fields {sorted(unknown)}")
+        return AutoMaskConfig(**{**AUTO_MASK_DEFAULTS, **(calibrated or {}), **self.given()})
 
 
 @dataclass
@@ -133,8 +169,9 @@ def remove_small_regions(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, b
 def generate_candidates(
     segmenter: SamSegmenter, state: SamImageState, config: AutoMaskConfig | None = None
 ) -> MaskCandidates:
-    """Run SAM's automatic mode on the image behind ``state`` (its embedding is reused)."""
-    config = config or AutoMaskConfig()
+    """Run SAM's automatic mode on the image behind ``state`` (its embedding is reused); fields
+    of ``config`` left unset take the segmenter's calibrated settings, then the defaults."""
+    config = (config or AutoMaskConfig()).resolved(getattr(segmenter, "auto_mask", None))
     height, width = state.original_size
     embeddings = segmenter.image_embeddings(state)
     points = point_grid(config.points_per_side, height, width)

@@ -253,7 +253,7 @@ def candidate_pool(segmenter: Any, seeds: Sequence[int]) -> CandidatePool:
     captioned by :func:`match_candidates`. Deterministic for a given SAM and thread count."""
     from ..segmenters.sam_auto import AutoMaskConfig, generate_candidates
 
-    config = AutoMaskConfig(**(getattr(segmenter, "auto_mask", None) or {}))
+    config = AutoMaskConfig().resolved(getattr(segmenter, "auto_mask", None))
     pool = CandidatePool()
     for seed in seeds:
         scene = make_scene(int(seed))
