@@ -26,6 +26,7 @@ import torch
 
 from .availability import hub_offline
 from .errors import InvalidWeightsError, WeightsNotFoundError
+from .progress import quiet_loading_bar
 from .registry import ModelSource, weights_dirs
 
 logger = logging.getLogger(__name__)
@@ -229,7 +230,8 @@ def load_pretrained(
             logger.info("%s %r: loading %s from the Hugging Face cache or hub", role,
                         source.label, source.hub_id)  # fmt: skip
         config = load_config(source, model_type, role)
-        model = load_model(source, _transformers_class(model_cls), config, role, torch_device)
+        with quiet_loading_bar(logger):
+            model = load_model(source, _transformers_class(model_cls), config, role, torch_device)
         loaded = {
             what: load_component(source, _transformers_class(loader), role, what.replace("_", " "))
             for what, loader in components.items()

@@ -28,6 +28,7 @@ import numpy as np
 
 from .images import load_image
 from .predictor import GroundedSAM, check_threshold
+from .progress import progress_bar
 from .prompts import normalize_prompt
 
 logger = logging.getLogger(__name__)
@@ -370,7 +371,8 @@ def evaluate_coco(
     the category names ordered by category id, one ``predict`` per image. ``box_threshold`` /
     ``text_threshold`` go to ``predict``; the default box threshold 0 keeps every box, as AP
     wants the whole score range; ``max_detections`` per image, 100 as COCO's ``maxDets`` (the
-    scores read no more). ``progress``: log progress at INFO about ten times per run.
+    scores read no more). ``progress``: a progress bar on stderr, and a log line at INFO about
+    ten times per run.
 
     Raises what :func:`load_coco_dataset` raises (every image is checked before any
     prediction), and ``ValueError`` for an image whose size differs from its annotation.
@@ -399,7 +401,8 @@ def evaluate_coco(
     detections_per_category = dict.fromkeys(category_ids, 0)
     every = max(1, len(images) // 10)
     predict_start = time.perf_counter()
-    for done, (image, path) in enumerate(zip(images, paths, strict=True), start=1):
+    pairs = progress_bar(zip(images, paths, strict=True), len(images), "eval", progress)
+    for done, (image, path) in enumerate(pairs, start=1):
         rgb = load_image(path)
         height, width = rgb.shape[:2]
         expected = (image.get("height", height), image.get("width", width))

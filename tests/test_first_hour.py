@@ -148,3 +148,45 @@ def test_real_bert_words_are_known_and_nonsense_is_not(bert_tokenizer, tiny_gdin
     proposer.tokenizer = bert_tokenizer  # the real bert-base-uncased vocabulary
     prompt = normalize_prompt(["zebra", "pottedplant", "qxzq", "a"])
     assert proposer.unknown_words(proposer.text_passes(prompt)) == ("qxzq",)
+
+
+# ---------------------------------------------------------------------- progress
+
+
+def test_loading_is_quiet_unless_progress_is_asked(capfd):
+    import logging
+
+    from grounded_seg.segmenters.sam import SamSegmenter
+
+    library = logging.getLogger("grounded_seg")
+    previous = library.level
+    try:
+        library.setLevel(logging.WARNING)  # the default
+        SamSegmenter.from_pretrained("shapes-sam", device="cpu")
+        assert "Loading weights" not in capfd.readouterr().err
+        library.setLevel(logging.INFO)  # what -v does
+        SamSegmenter.from_pretrained("shapes-sam", device="cpu")
+        assert "Loading weights" in capfd.readouterr().err
+    finally:
+        library.setLevel(previous)
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # the switch is put back
+
+
+def test_eta_and_durations():
+    from grounded_seg.progress import eta, format_seconds
+
+    assert eta(30.0, 10, 100) == "ETA 4 min 30 s"
+    assert eta(5.0, 0, 100) == "ETA unknown" and eta(5.0, 100, 100) == "ETA 0 s"
+    assert [format_seconds(s) for s in (9.4, 192, 7500)] == ["9 s", "3 min 12 s", "2 h 05 min"]
+
+
+def test_eval_shows_a_progress_bar_without_verbose(tmp_path, capfd):
+    from grounded_seg.shapes import export_coco
+
+    annotations = export_coco(range(HELD_OUT_SEEDS.start + 50, HELD_OUT_SEEDS.start + 53), tmp_path)
+    rc = main(["eval", str(annotations), "--detector", "shapes-gdino", "--segmenter", "shapes-sam"])
+    assert rc == 0
+    err = capfd.readouterr().err
+    assert "eval: 100%" in err and "3/3" in err

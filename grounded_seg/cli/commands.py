@@ -85,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         box_threshold=args.box_threshold,
         text_threshold=args.text_threshold,
         max_detections=args.max_detections,
-        progress=args.verbose,
+        progress=True,  # a run over a data set shows its progress without -v
     )
     print(report.format_table())
     if args.json_path:

@@ -29,6 +29,7 @@ import torch
 
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..images import load_image
+from ..progress import eta
 from .data import GroundingCollator, GroundingSample, batch_to
 from .loss import grounding_losses
 
@@ -192,7 +193,13 @@ def train_grounding_dino(
                 row.update(evaluate(done))
                 model.train()
             curve.append(row)
-            logger.info("step %d/%d %s", done, config.steps, _format_row(row))
+            logger.info(
+                "step %d/%d %s (%s)",
+                done,
+                config.steps,
+                _format_row(row),
+                eta(row["seconds"], done, config.steps),
+            )
         if checkpoint is not None and (done % config.checkpoint_every == 0 or last or done == stop):
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(

@@ -53,6 +53,7 @@ import torch
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..clip import MAX_LOGIT_SCALE, contrastive_loss, projected_features
 from ..devices import resolve_device
+from ..progress import eta
 from ..proposers.clip import DEFAULT_BACKGROUND_TEXTS, ClipScorer, crop_regions
 from .clip_tokenizer import BOS_TOKEN, EOS_TOKEN, build_vocab_and_merges, write_clip_tokenizer
 from .world import HELD_OUT_SEEDS, PHRASES, TRAIN_SEEDS, Scene, make_scene
@@ -778,13 +779,14 @@ def train_shapes_clip(
                     log.append({"step": step, "loss": round(mean, 5), "seconds": round(seconds, 1)})
                     running = [0.0, 0]
                     logger.info(
-                        "step %d/%d: loss %.4f, lr %.2e, logit scale %.1f, %.0f s",
+                        "step %d/%d: loss %.4f, lr %.2e, logit scale %.1f, %.0f s, %s",
                         step,
                         steps,
                         mean,
                         optimizer.param_groups[0]["lr"],
                         float(model.logit_scale.detach().exp()),
                         seconds,
+                        eta(seconds, step, steps),
                     )
                 if eval_every is not None and step % eval_every == 0 and step < steps:
                     model.eval()

@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional
 
 from ..checkpoints import load_checkpoint, save_checkpoint
+from ..progress import eta
 from .world import HELD_OUT_SEEDS, TRAIN_SEEDS, make_scene
 
 logger = logging.getLogger(__name__)
@@ -247,8 +248,9 @@ def train_shapes_sam(
             seconds = time.perf_counter() - started
             curve.append({"step": step + 1, "loss": value, "train_iou": float(iou),
                           "seconds": round(seconds, 1)})  # fmt: skip
-            logger.info("step %d/%d loss %.4f train IoU %.3f (%.0f s)",
-                        step + 1, steps, value, float(iou), seconds)  # fmt: skip
+            logger.info("step %d/%d loss %.4f train IoU %.3f (%.0f s, %s)",
+                        step + 1, steps, value, float(iou), seconds,
+                        eta(seconds, step + 1, steps))  # fmt: skip
             save_checkpoint(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
