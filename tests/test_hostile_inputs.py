@@ -90,7 +90,7 @@ def test_cli_reports_a_bomb_with_exit_2(tmp_path, capsys):
 
     bomb = write_bomb(tmp_path / "bomb.png", 10_000, 10_001, rows=4)
     assert main(["segment", str(bomb), "cat", "--detector", NO_MODEL]) == 2
-    assert "more than max_pixels" in capsys.readouterr().err
+    assert "more than --max-pixels 100,000,000" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")

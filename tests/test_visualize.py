@@ -125,3 +125,60 @@ def test_masks_of_the_wrong_size_are_refused():
     image = _image()
     with pytest.raises(ValueError, match=r"\(60, 80\)"):
         annotate(image, _detections(mask_shape=(H, W + 1)))
+
+
+def _one(name: str, class_id: int, box, size=(128, 128), mask: bool = False) -> sv.Detections:
+    height, width = size
+    masks = None
+    if mask:
+        masks = np.zeros((1, height, width), bool)
+        x1, y1, x2, y2 = (int(v) for v in box)
+        masks[0, y1:y2, x1:x2] = True
+    return sv.Detections(
+        xyxy=np.array([box], np.float32),
+        mask=masks,
+        confidence=np.array([0.9], np.float32),
+        class_id=np.array([class_id]),
+        data={"class_name": np.array([name])},
+    )
+
+
+def _box_edge_colour(image: np.ndarray, box) -> np.ndarray:
+    x1, y1, _, y2 = (int(v) for v in box)
+    return image[(y1 + y2) // 2, x1].astype(int)  # the middle of the left edge
+
+
+@pytest.mark.parametrize(("name", "channel"), [("blue square", 2), ("red circle", 0)])
+def test_a_class_that_names_a_colour_is_drawn_in_it(name, channel):
+    canvas = np.full((128, 128, 3), 128, np.uint8)
+    box = (40, 60, 90, 110)
+    for class_id in (0, 3):  # whatever its place in the prompt
+        edge = _box_edge_colour(annotate(canvas, _one(name, class_id, box)), box)
+        assert edge[channel] == edge.max() and edge[channel] - np.sort(edge)[1] > 100, edge
+
+
+def test_a_class_keeps_its_colour_across_prompts():
+    canvas = np.full((128, 128, 3), 128, np.uint8)
+    box = (40, 60, 90, 110)
+    first = _box_edge_colour(annotate(canvas, _one("potted plant", 0, box)), box)
+    again = _box_edge_colour(annotate(canvas, _one("potted plant", 5, box)), box)
+    np.testing.assert_array_equal(first, again)
+
+
+def test_lines_and_labels_scale_with_the_image():
+    small = annotate(np.zeros((128, 128, 3), np.uint8), _one("cat", 0, (30, 40, 100, 120)))
+    big_box = (1500, 2000, 4500, 3900)
+    big = annotate(np.zeros((4000, 6000, 3), np.uint8), _one("cat", 0, big_box, (4000, 6000)))
+    small_line = int((small[80, 25:40].sum(axis=1) > 0).sum())
+    big_line = int((big[3000, 1450:1600].sum(axis=1) > 0).sum())
+    assert small_line <= 3 and big_line >= 3 * small_line, (small_line, big_line)
+    # the label above the box: taller text on the big image
+    small_label = int((small[:40, 35].sum(axis=1) > 0).sum())  # just right of the box's left
+    big_label = int((big[:2000, 1520].sum(axis=1) > 0).sum())
+    assert big_label > 5 * small_label, (small_label, big_label)
+
+
+def test_a_label_at_the_top_edge_stays_inside_the_image():
+    canvas = np.zeros((128, 128, 3), np.uint8)
+    drawn = annotate(canvas, _one("cat", 0, (10, 0, 60, 40)))
+    assert drawn[0:3, 10:40].any()  # the label is drawn inside the image, not cut away above
