@@ -531,7 +531,12 @@ def test_unknown_output_extension_is_refused_before_any_model_loads(tmp_path, sc
     assert not masks_dir.exists()  # nothing written when an argument is bad
 
 
-def test_train_gdino_runs_in_parts_and_resumes(tmp_path, capsys, caplog):
+def test_train_gdino_runs_in_parts_and_resumes(tmp_path, capsys, caplog, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where training's scratch goes
     out = tmp_path / "gdino"
     args = ["train", "shapes", "--model", "gdino", "--out", str(out), "--steps", "3",
             "--batch-size", "2", "--threads", "1"]  # fmt: skip
@@ -545,6 +550,7 @@ def test_train_gdino_runs_in_parts_and_resumes(tmp_path, capsys, caplog):
 
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2 and state["resumed_at"] == [1]
+    assert list(scratch.glob("shapes-gdino-*")) == []  # no scratch folder left behind
 
 
 @pytest.mark.parametrize(

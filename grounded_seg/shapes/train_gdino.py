@@ -41,6 +41,7 @@ import dataclasses
 import json
 import logging
 import platform
+import shutil
 import string
 import sys
 import tempfile
@@ -442,62 +443,68 @@ def train_shapes_gdino(
     predictor = GroundedSAM(
         detector=GroundingDinoProposer(model, tokenizer, processor), segmenter=segmenter
     )
+    # evaluation scenes are exported here; removed however the run ends
     workdir = Path(tempfile.mkdtemp(prefix="shapes-gdino-"))
+    try:
 
-    def evaluate(step: int) -> dict[str, float]:
-        return evaluate_shapes_gdino(predictor, CURVE_SEEDS, workdir)
+        def evaluate(step: int) -> dict[str, float]:
+            return evaluate_shapes_gdino(predictor, CURVE_SEEDS, workdir)
 
-    result = train_grounding_dino(
-        model,
-        ShapesBatches(collator, batch_size, seed, single_phrase_share),
-        config,
-        checkpoint_dir=out,
-        resume=resume,
-        evaluate=evaluate,
-        evaluate_every=evaluate_every or max(1, steps // 4),
-        stop_at=stop_at,
-    )
-    if "stopped_at" in result:
-        logger.info("stopped at step %d; run again to resume", result["stopped_at"])
-        return result
-    model.config.auxiliary_loss = False  # inference does not need it
-    save_grounding_dino(model.cpu(), tokenizer, processor, out)
-    model.to(torch_device)
-    final = evaluate_shapes_gdino(predictor, FINAL_SEEDS, workdir)
-    stage = _stage_of(
-        {
-            "device": str(torch_device),
-            "gpu": (
-                torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None
-            ),
-            "threads": threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "config": dataclasses.asdict(config),
-            **({"init_from": str(init_from)} if init_from is not None else {}),
-            "single_phrase_share": single_phrase_share,
-            "train_seconds": result["seconds"],
-            "resumed_at": result["resumed_at"],
-            "curve": result["curve"],
+        result = train_grounding_dino(
+            model,
+            ShapesBatches(collator, batch_size, seed, single_phrase_share),
+            config,
+            checkpoint_dir=out,
+            resume=resume,
+            evaluate=evaluate,
+            evaluate_every=evaluate_every or max(1, steps // 4),
+            stop_at=stop_at,
+        )
+        if "stopped_at" in result:
+            logger.info("stopped at step %d; run again to resume", result["stopped_at"])
+            return result
+        model.config.auxiliary_loss = False  # inference does not need it
+        save_grounding_dino(model.cpu(), tokenizer, processor, out)
+        model.to(torch_device)
+        final = evaluate_shapes_gdino(predictor, FINAL_SEEDS, workdir)
+        stage = _stage_of(
+            {
+                "device": str(torch_device),
+                "gpu": (
+                    torch.cuda.get_device_name(torch_device)
+                    if torch_device.type == "cuda"
+                    else None
+                ),
+                "threads": threads,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "config": dataclasses.asdict(config),
+                **({"init_from": str(init_from)} if init_from is not None else {}),
+                "single_phrase_share": single_phrase_share,
+                "train_seconds": result["seconds"],
+                "resumed_at": result["resumed_at"],
+                "curve": result["curve"],
+            }
+        )
+        stages = [*stages, stage]
+        report = {
+            "model": "shapes-gdino",
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_seeds": f"drawn from range({TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop})",
+            "curve_seeds": f"range({CURVE_SEEDS.start}, {CURVE_SEEDS.stop})",
+            "final_seeds": f"range({FINAL_SEEDS.start}, {FINAL_SEEDS.stop})",
+            **stage,  # the last stage's fields at the top level, as a one-stage log has them
+            "train_seconds": round(sum(s["train_seconds"] for s in stages), 1),
+            "final": final,
+            "stages": stages,
         }
-    )
-    stages = [*stages, stage]
-    report = {
-        "model": "shapes-gdino",
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_seeds": f"drawn from range({TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop})",
-        "curve_seeds": f"range({CURVE_SEEDS.start}, {CURVE_SEEDS.stop})",
-        "final_seeds": f"range({FINAL_SEEDS.start}, {FINAL_SEEDS.stop})",
-        **stage,  # the last stage's fields at the top level, as a one-stage log has them
-        "train_seconds": round(sum(s["train_seconds"] for s in stages), 1),
-        "final": final,
-        "stages": stages,
-    }
-    (out / "train_log.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_card(out, report)
-    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
-    logger.info("final %s after %.0f s", final, result["seconds"])
-    return report
+        (out / "train_log.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_card(out, report)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        logger.info("final %s after %.0f s", final, result["seconds"])
+        return report
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def write_card(out: Path, report: dict[str, Any]) -> None:
