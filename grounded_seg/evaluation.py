@@ -8,7 +8,8 @@
 The prompt is the data set's category names, in category-id order, one ``predict`` per image;
 a detection's ``class_id`` is the index of its category in that list. Boxes are scored as COCO
 ``bbox`` results and masks as compressed-RLE ``segm`` results, both with the detection's
-``confidence`` as score. Needs ``pycocotools`` (``pip install grounded-seg[eval]``).
+``confidence`` as score. Needs ``pycocotools`` (``pip install pycocotools``, or the checkout's
+``pip install -e ".[eval]"``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ STAT_NAMES: tuple[str, ...] = (
 )
 """The 12 numbers of ``COCOeval.stats``, in order (AP averaged over IoU 0.50:0.05:0.95)."""
 
-_INSTALL_HINT = "pip install pycocotools (or grounded-seg[eval])"
+_INSTALL_HINT = 'pip install pycocotools (or, in the checkout, pip install -e ".[eval]")'
 
 
 @dataclass(frozen=True)

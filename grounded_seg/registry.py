@@ -102,7 +102,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         "clip",
         None,
         None,
-        "small",
+        "0.98M",
         "tiny CLIP trained by grounded_seg on the shapes world (bundled, offline)",
         bundled="shapes/clip",
         reproduce="grounded-seg train shapes --model clip",

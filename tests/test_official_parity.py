@@ -4,8 +4,8 @@ The oracles are the official packages (groundingdino-py, segment-anything), run 
 own environment (torch + torchvision, transformers 4.x) by ``tests/oracle/official_runner.py``:
 it builds each official model with random weights, saves it in the official format and records
 what the official inference path computes. These tests load the same files through grounded_seg
-and compare. ``GROUNDED_SEG_ORACLE_PYTHON`` names the oracle environment's python (``.ci/run``
-builds it); without it the tests skip locally and fail in CI.
+and compare. ``GROUNDED_SEG_ORACLE_PYTHON`` names the oracle environment's python
+(``scripts/test.sh`` builds it once and sets it); without it the tests skip locally and fail in CI.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def oracle_python() -> str:
     path = os.environ.get(ORACLE_ENV, "")
     if not path or not Path(path).is_file():
         message = (
-            f"the parity tests need the official packages' environment: set {ORACLE_ENV} to its "
-            "python (.ci/run shows how it is built)"
+            "the parity tests need the official packages' environment: run the tests with "
+            f"`bash scripts/test.sh`, which builds it once, or set {ORACLE_ENV} to its python "
+            "(`bash tests/oracle/make_env.sh DEST` builds one)"
         )
         if STRICT:
             pytest.fail(message)
