@@ -9,15 +9,14 @@ from typing import Any
 import supervision as sv
 import torch
 
-from .boxes import DEFAULT_NMS_THRESHOLD, check_nms_threshold
+from .boxes import DEFAULT_NMS_THRESHOLD
+from .checks import check_limit, check_nms_threshold, check_threshold
 from .devices import resolve_device
 from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image, validate_image_format
 from .predictor import (
     DEFAULT_MAX_DETECTIONS,
     GroundedSAM,
     ModelRef,
-    check_max_detections,
-    check_threshold,
 )
 from .prompts import PromptInput, normalize_prompt
 from .proposers import PROPOSERS
@@ -119,7 +118,7 @@ def segment(
     normalized = normalize_prompt(prompt)
     box_threshold = check_threshold("box_threshold", box_threshold)
     text_threshold = check_threshold("text_threshold", text_threshold)
-    max_detections = check_max_detections(max_detections)
+    max_detections = check_limit("max_detections", max_detections)
     nms_threshold = check_nms_threshold(nms_threshold)
     resolve_device(device)  # a device this machine lacks: now, before anything loads
     device_key = None if device is None else str(device)

@@ -48,17 +48,6 @@ no NMS, 0.977 at 0.6, 0.5 and 0.4. 0.5 also keeps two objects of one class that 
 than half, as greedy NMS conventionally does."""
 
 
-def check_nms_threshold(value: object) -> float | None:
-    """``None`` (no NMS) or an IoU in (0, 1]; ``TypeError``/``ValueError``: expected vs got."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"nms_threshold: expected an IoU in (0, 1] or None, got {value!r}")
-    if not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"nms_threshold: expected an IoU in (0, 1] or None, got {value}")
-    return float(value)
-
-
 def class_aware_nms(
     xyxy: torch.Tensor, scores: torch.Tensor, class_ids: torch.Tensor, iou_threshold: float
 ) -> torch.Tensor:

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_threshold
 from .images import load_image
-from .predictor import GroundedSAM, check_threshold
+from .predictor import GroundedSAM
 from .progress import progress_bar
 from .prompts import normalize_prompt
 

@@ -28,6 +28,8 @@ from typing import TypeAlias
 import numpy as np
 from PIL import Image, ImageOps
 
+from .checks import check_limit
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageInput",
@@ -134,7 +136,7 @@ def load_image(
         FileNotFoundError: the path does not exist.
     """
     image_format = validate_image_format(image_format)
-    max_pixels = check_max_pixels(max_pixels)
+    max_pixels = check_limit("max_pixels", max_pixels)
     if isinstance(image, (str, os.PathLike)):
         return _load_path(image, max_pixels)
     if isinstance(image, Image.Image):
@@ -149,17 +151,6 @@ def load_image(
 
 class ImageTooLargeError(ValueError):
     """An image of more than ``max_pixels`` pixels (see :func:`load_image`)."""
-
-
-def check_max_pixels(max_pixels: object) -> int | None:
-    """``None`` or an int >= 1; ``TypeError``/``ValueError`` saying expected vs got."""
-    if max_pixels is None:
-        return None
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
-        raise TypeError(f"max_pixels: expected an int >= 1 or None, got {_type_name(max_pixels)}")
-    if max_pixels < 1:
-        raise ValueError(f"max_pixels: expected an int >= 1 or None, got {max_pixels}")
-    return int(max_pixels)
 
 
 def _check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:

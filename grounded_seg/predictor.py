@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 import supervision as sv
 import torch
 
+from .checks import check_limit, check_threshold
 from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from .prompts import Prompt, PromptInput, normalize_prompt
 from .proposers.base import BoxProposer, Proposals
@@ -22,34 +22,8 @@ logger = logging.getLogger(__name__)
 ModelRef = str | os.PathLike
 
 
-def check_threshold(name: str, value: Any) -> float:
-    """``value`` as a float in [0, 1]; ``TypeError``/``ValueError`` saying expected vs got."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
-    try:
-        number = float(value)
-    except OverflowError:  # an int too large for a float (10**400)
-        raise ValueError(
-            f"{name}: expected a number in [0, 1], got an integer too large for a float"
-        ) from None
-    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1], got {number}")
-    return number
-
-
 DEFAULT_MAX_DETECTIONS = 100
 """The most detections one ``predict`` returns by default (COCO's ``maxDets``)."""
-
-
-def check_max_detections(value: Any) -> int | None:
-    """``None`` (no cap) or an int >= 1; ``TypeError``/``ValueError`` saying expected vs got."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"max_detections: expected an int >= 1 or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"max_detections: expected an int >= 1 or None, got {value}")
-    return int(value)
 
 
 def nothing_found(prompt: Prompt, proposals: Proposals, box_threshold: float) -> str:
@@ -267,7 +241,7 @@ class GroundedSAM:
         normalized = normalize_prompt(prompt)
         box_threshold = check_threshold("box_threshold", box_threshold)
         text_threshold = check_threshold("text_threshold", text_threshold)
-        max_detections = check_max_detections(max_detections)
+        max_detections = check_limit("max_detections", max_detections)
         height, width = image.shape[:2]
         proposals = self.proposer.propose(
             self._proposer_state,

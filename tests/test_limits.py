@@ -149,7 +149,8 @@ from grounded_seg.shapes import PHRASES, make_scene
 torch.set_num_threads(1)
 scene = make_scene(1_000_123)
 big = np.ascontiguousarray(scene.image.repeat(24, 0).repeat(32, 1)[:3000, :4000])
-gs = GroundedSAM(detector="shapes-gdino", segmenter="shapes-sam", device="cpu")
+gs = GroundedSAM(detector="shapes-gdino", segmenter="shapes-sam", device="cpu",
+                 proposer_options={"nms_threshold": None})  # all 30 queries, duplicates kept
 gs.set_image(big)
 gs.predict("red circle", box_threshold=1.0)  # warm: models and image features, no mask
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -58,8 +58,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..checks import check_threshold
     from ..evaluation import evaluate_coco, load_coco_dataset
-    from ..predictor import GroundedSAM, check_threshold
+    from ..predictor import GroundedSAM
 
     check_threshold("--box-threshold", args.box_threshold)
     check_threshold("--text-threshold", args.text_threshold)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .._loading import load_pretrained
-from ..boxes import DEFAULT_NMS_THRESHOLD, check_nms_threshold, class_aware_nms
+from ..boxes import DEFAULT_NMS_THRESHOLD, class_aware_nms
+from ..checks import check_nms_threshold
 from ..clip import projected_features
 from ..devices import autocast, resolve_device, resolve_dtype
 from ..prompts import Prompt

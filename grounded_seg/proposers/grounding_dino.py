@@ -28,10 +28,10 @@ import torch
 from .._loading import load_pretrained
 from ..boxes import (
     DEFAULT_NMS_THRESHOLD,
-    check_nms_threshold,
     class_aware_nms,
     normalized_cxcywh_to_pixels,
 )
+from ..checks import check_nms_threshold
 from ..devices import autocast, resolve_device, resolve_dtype
 from ..preprocessing import grounding_dino_pixels
 from ..prompts import Prompt, TextPass, class_scores, phrase_for, plan_text_passes
