@@ -10,7 +10,7 @@ Two rules beyond strictness:
 * **One load at a time.** transformers' loading switches process-wide state while it runs
   (the default dtype, the skipped weight initialisation, lazy imports of its own modules), so
   two threads loading at once could build a model with missing weights. Every load holds
-  ``_LOAD_LOCK``; models, once loaded, are shared freely.
+  ``LOAD_LOCK``; models, once loaded, are shared freely.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # reentrant: resolving an official checkpoint converts it, which loads a model too
-_LOAD_LOCK = threading.RLock()
+LOAD_LOCK = threading.RLock()
 _NO_REMOTE_CODE = {"trust_remote_code": False}
 
 
@@ -221,7 +221,7 @@ def load_pretrained(
     from .registry import resolve_model
 
     torch_device = resolve_device(device)
-    with _LOAD_LOCK:
+    with LOAD_LOCK:
         source = resolve_model(name_or_path, role)
         if source.local_dir is not None:
             logger.info("%s %r: loading %s", role, source.label, source.local_dir)

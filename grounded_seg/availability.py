@@ -89,9 +89,10 @@ def require_models(requests: Sequence[tuple[object, str]]) -> list[ModelSource]:
     progress bars). Otherwise one ``WeightsNotFoundError`` names every missing model with how to
     get it. Returns the resolved sources. Bad names and paths raise as in ``resolve_model``.
     """
-    from ._loading import how_to_get
+    from ._loading import LOAD_LOCK, how_to_get
 
-    sources = [resolve_model(name, role) for name, role in requests]  # type: ignore[arg-type]
+    with LOAD_LOCK:  # resolving an official checkpoint converts it: one at a time, as loads are
+        sources = [resolve_model(name, role) for name, role in requests]  # type: ignore[arg-type]
     missing: list[tuple[str, ModelSource]] = []
     for (_, role), source in zip(requests, sources, strict=True):
         if source.local_dir is not None or in_hub_cache(source):
