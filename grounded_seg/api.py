@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import supervision as sv
 import torch
 
 from .boxes import DEFAULT_NMS_THRESHOLD
-from .checks import check_limit, check_nms_threshold, check_threshold
+from .checks import check_count, check_limit, check_nms_threshold, check_threshold
 from .devices import resolve_device
 from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image, validate_image_format
 from .predictor import (
@@ -72,7 +73,7 @@ def clear_model_cache() -> None:
 
 
 def segment(
-    image: ImageInput,
+    image: ImageInput | Sequence[ImageInput],
     prompt: PromptInput,
     *,
     proposer: str = "grounding_dino",
@@ -86,8 +87,9 @@ def segment(
     dtype: str | torch.dtype | None = None,
     image_format: str = "RGB",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-) -> sv.Detections:
-    """Segment what ``prompt`` names in ``image``.
+    batch_size: int = 8,
+) -> sv.Detections | list[sv.Detections]:
+    """Segment what ``prompt`` names in ``image``, or in each image of a list.
 
     ``image``: a path, a PIL image (any mode; EXIF orientation applied) or a uint8 ``(H, W, 3)``
     array in ``image_format`` order (``"BGR"`` for OpenCV arrays). ``prompt``: free text, dot-
@@ -102,6 +104,11 @@ def segment(
     or explicit; ``dtype`` is float32 unless the bfloat16 (CUDA, CPU) or float16 (CUDA, MPS)
     fast path is asked for: float32 weights, forward passes under autocast.
 
+    A list (or tuple) of images returns a list of ``Detections``, one per image in order, run
+    ``batch_size`` images at a time through :meth:`GroundedSAM.predict_batch` (the same
+    answers as one call per image; every image is checked and decoded first). For a folder of
+    thousands, ``label_images`` streams, writes a data set and resumes.
+
     The image, prompt and thresholds are validated before any model is loaded. The last pair of
     models stays loaded for the next call (``clear_model_cache()`` releases it). The result is
     described in :meth:`GroundedSAM.predict`.
@@ -114,7 +121,12 @@ def segment(
     >>> det.xyxy, det.mask.shape, det.data["class_name"]             # doctest: +SKIP
     """
     validate_image_format(image_format)
-    rgb = load_image(image, image_format=image_format, max_pixels=max_pixels)
+    batch = isinstance(image, (list, tuple))
+    if batch:
+        batch_size = check_count("batch_size", batch_size)
+        rgbs = [load_image(i, image_format=image_format, max_pixels=max_pixels) for i in image]
+    else:
+        rgb = load_image(image, image_format=image_format, max_pixels=max_pixels)
     normalized = normalize_prompt(prompt)
     box_threshold = check_threshold("box_threshold", box_threshold)
     text_threshold = check_threshold("text_threshold", text_threshold)
@@ -131,5 +143,13 @@ def segment(
     # a predictor of this call's own around the shared models: its image state is not shared,
     # and the warm models keep no reference to the user's image
     predictor = GroundedSAM(detector=proposer_model, segmenter=segmenter_model)
+    if batch:
+        results: list[sv.Detections] = []
+        for start in range(0, len(rgbs), batch_size):
+            chunk = rgbs[start : start + batch_size]
+            results += predictor.predict_batch(
+                chunk, normalized, box_threshold, text_threshold, max_detections, max_pixels=None
+            )
+        return results
     predictor.set_image(rgb, max_pixels=None)  # checked above
     return predictor.predict(normalized, box_threshold, text_threshold, max_detections)

@@ -35,6 +35,15 @@ def check_limit(name: str, value: Any) -> int | None:
     return int(value)
 
 
+def check_count(name: str, value: Any, low: int = 1) -> int:
+    """An int >= ``low`` (``batch_size``, ``workers``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= {low}, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+    return int(value)
+
+
 def check_nms_threshold(value: Any) -> float | None:
     """``None`` (no NMS) or an IoU in (0, 1]."""
     if value is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,16 @@ ModelRef = str | os.PathLike
 
 DEFAULT_MAX_DETECTIONS = 100
 """The most detections one ``predict`` returns by default (COCO's ``maxDets``)."""
+
+
+@dataclass
+class PreparedImage:
+    """One image ready for the models (made by ``GroundedSAM.prepare``): the checked RGB uint8
+    ``(H, W, 3)`` array and each model's preprocessed input; no model has run on it yet."""
+
+    image: np.ndarray
+    proposer_state: Any
+    segmenter_state: Any
 
 
 def nothing_found(prompt: Prompt, proposals: Proposals, box_threshold: float) -> str:
@@ -242,7 +253,6 @@ class GroundedSAM:
         box_threshold = check_threshold("box_threshold", box_threshold)
         text_threshold = check_threshold("text_threshold", text_threshold)
         max_detections = check_limit("max_detections", max_detections)
-        height, width = image.shape[:2]
         proposals = self.proposer.propose(
             self._proposer_state,
             normalized,
@@ -250,18 +260,126 @@ class GroundedSAM:
             text_threshold,
             max_detections=max_detections,
         ).top(max_detections)  # whatever a third-party proposer returns
+        if len(proposals) and proposals.masks is None and self._segmenter_state is None:
+            self._segmenter_state = self.segmenter.encode_image(image)
+        return self._detections(image, proposals, self._segmenter_state, normalized, box_threshold)
+
+    def prepare(
+        self,
+        image: ImageInput | PreparedImage,
+        image_format: str = "RGB",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> PreparedImage:
+        """Check, decode and preprocess one image for both models, without running either.
+
+        The work a batch must not wait for: decoding, resizing, normalising (for Grounding DINO
+        and SAM: their ``encode_image``). Safe to call from worker threads while the models run
+        (``label_images`` does), then hand the results to :meth:`predict_batch`. Arguments as
+        in :meth:`set_image`; a ``PreparedImage`` is returned as it is.
+        """
+        if isinstance(image, PreparedImage):
+            return image
+        rgb = load_image(image, image_format=image_format, max_pixels=max_pixels)
+        proposer_state = self.proposer.encode_image(rgb)
+        segmenter_state = getattr(proposer_state, "segmenter_state", None)
+        if segmenter_state is None:
+            segmenter_state = self.segmenter.encode_image(rgb)
+        return PreparedImage(rgb, proposer_state, segmenter_state)
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput | PreparedImage],
+        prompt: PromptInput | Prompt,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        max_detections: int | None = DEFAULT_MAX_DETECTIONS,
+        image_format: str = "RGB",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> list[sv.Detections]:
+        """:meth:`predict` for several images at once; one ``Detections`` per image, in order.
+
+        ``images``: a list of paths, PIL images, ``(H, W, 3)`` uint8 arrays in ``image_format``
+        order, or :meth:`prepare` results; they may differ in size. With Grounding DINO all
+        images go through the detector as one zero-padded batch with a ``pixel_mask`` (as
+        transformers batches them; the prompt is tokenised once), and the images with boxes
+        through SAM's image encoder as one batch. A proposer or segmenter without batch support
+        (``propose_batch`` / ``embed_batch``) runs image by image. The CLIP route embeds the
+        batch with SAM in one call, then makes and scores each image's candidates on their own.
+
+        Results equal one-by-one :meth:`predict` calls: for images of one size up to float
+        rounding; for mixed sizes the padding changes the Swin backbone's features near the
+        padded edge a little (its windows and convolutions see the zeros), so scores and boxes
+        may move slightly (see ``tests/test_batch.py`` for the measured differences). The
+        current image of :meth:`set_image` is left as it was.
+        """
+        if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(
+            images, Sequence
+        ):
+            raise TypeError(
+                f"images: expected a list of images, got {type(images).__name__}; for one "
+                "image use set_image() and predict()"
+            )
+        normalized = normalize_prompt(prompt)
+        box_threshold = check_threshold("box_threshold", box_threshold)
+        text_threshold = check_threshold("text_threshold", text_threshold)
+        max_detections = check_limit("max_detections", max_detections)
+        prepared = [self.prepare(image, image_format, max_pixels) for image in images]
+        if not prepared:
+            return []
+        states = [p.proposer_state for p in prepared]
+        propose_batch = getattr(self.proposer, "propose_batch", None)
+        embed_batch = getattr(self.segmenter, "embed_batch", None)
+        if propose_batch is not None:
+            found = propose_batch(
+                states, normalized, box_threshold, text_threshold, max_detections=max_detections
+            )
+        else:
+            if embed_batch is not None and all(  # the CLIP route: SAM embeds every image
+                getattr(state, "segmenter_state", None) is not None for state in states
+            ):
+                embed_batch([p.segmenter_state for p in prepared])
+            found = [
+                self.proposer.propose(
+                    state, normalized, box_threshold, text_threshold, max_detections=max_detections
+                )
+                for state in states
+            ]
+        if len(found) != len(prepared):
+            raise RuntimeError(
+                f"{type(self.proposer).__name__}.propose_batch returned {len(found)} results "
+                f"for {len(prepared)} images"
+            )
+        found = [proposals.top(max_detections) for proposals in found]
+        need_sam = [
+            p.segmenter_state
+            for p, proposals in zip(prepared, found, strict=True)
+            if len(proposals) and proposals.masks is None
+        ]
+        if need_sam and embed_batch is not None:
+            embed_batch(need_sam)
+        return [
+            self._detections(p.image, proposals, p.segmenter_state, normalized, box_threshold)
+            for p, proposals in zip(prepared, found, strict=True)
+        ]
+
+    def _detections(
+        self,
+        image: np.ndarray,
+        proposals: Proposals,
+        segmenter_state: Any,
+        prompt: Prompt,
+        box_threshold: float,
+    ) -> sv.Detections:
+        """Masks for the proposals (SAM, unless the proposer made them) and the result."""
+        height, width = image.shape[:2]
         if len(proposals) == 0:
-            logger.info("%s; SAM not run", nothing_found(normalized, proposals, box_threshold))
+            logger.info("%s; SAM not run", nothing_found(prompt, proposals, box_threshold))
             masks, mask_scores = np.zeros((0, height, width), bool), np.zeros(0, np.float32)
         elif proposals.masks is not None:  # the proposer's regions are SAM masks already
             masks, mask_scores = proposals.masks, proposals.mask_scores
         else:
-            if self._segmenter_state is None:
-                self._segmenter_state = self.segmenter.encode_image(image)
-            masks, mask_scores = self.segmenter.segment(self._segmenter_state, proposals.xyxy)
-        detections = build_detections(
-            proposals, masks, mask_scores, normalized.classes, height, width
-        )
+            masks, mask_scores = self.segmenter.segment(segmenter_state, proposals.xyxy)
+        detections = build_detections(proposals, masks, mask_scores, prompt.classes, height, width)
         # why there is little or nothing: the best score seen, the words the model cannot read
         detections.metadata.update(
             box_threshold=box_threshold,

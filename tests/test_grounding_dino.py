@@ -148,13 +148,13 @@ def test_long_prompt_runs_several_passes_and_labels_every_class(proposer, scene,
     passes = proposer.text_passes(prompt)
     assert [p.class_ids for p in passes] == [(0, 1, 2), (3, 4, 5)]
     seen = []
-    original = proposer.forward_pass
+    original = proposer._forward
 
-    def spy(state, text_pass):
+    def spy(pixel_values, pixel_mask, cache, text_pass):
         seen.append(len(text_pass.input_ids))
-        return original(state, text_pass)
+        return original(pixel_values, pixel_mask, cache, text_pass)
 
-    monkeypatch.setattr(proposer, "forward_pass", spy)
+    monkeypatch.setattr(proposer, "_forward", spy)
     out = proposer.propose(proposer.encode_image(scene), prompt, 0.0, 0.25)
     assert seen == [8, 8] and max(seen) <= 8 < proposer_max
     assert set(out.class_ids.tolist()) <= set(range(6))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,21 @@ class GroundingDinoImageState:
     pixel_mask: torch.Tensor  # (1, h, w)
     height: int  # original image size, pixels
     width: int
+    backbone_cache: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GroundingDinoBatch:
+    """Several preprocessed images as one padded batch (made by ``GroundingDinoProposer.stack``).
+
+    ``pixel_values`` ``(B, 3, h, w)``, zero-padded bottom and right to the largest image;
+    ``pixel_mask`` ``(B, h, w)``, 1 over each image's own pixels; ``sizes`` the original
+    ``(height, width)`` of each image, pixels; ``backbone_cache`` the batch's backbone output.
+    """
+
+    pixel_values: torch.Tensor
+    pixel_mask: torch.Tensor
+    sizes: list[tuple[int, int]]
     backbone_cache: dict[str, Any] = field(default_factory=dict)
 
 
@@ -236,19 +252,34 @@ class GroundingDinoProposer:
         self, state: GroundingDinoImageState, text_pass: TextPass
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the model for one pass: ``(Q, T)`` token logits and ``(Q, 4)`` normalised boxes."""
-        input_ids = torch.tensor([text_pass.input_ids], device=self.device)
-        with (
-            backbone_cache(state.backbone_cache),
-            autocast(self.device, self.compute_dtype),
-        ):
+        logits, boxes = self._forward(
+            state.pixel_values, state.pixel_mask, state.backbone_cache, text_pass
+        )
+        return logits[0], boxes[0]
+
+    @torch.inference_mode()
+    def _forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor,
+        cache: dict[str, Any],
+        text_pass: TextPass,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, Q, T)`` float32 logits and ``(B, Q, 4)`` boxes for ``B`` images and one pass
+        (the same text for every image). Boxes are normalised to each image's valid region
+        (transformers scales proposals and reference points by ``pixel_mask``'s valid ratios),
+        so padding does not move them."""
+        batch = pixel_values.shape[0]
+        input_ids = torch.tensor([text_pass.input_ids], device=self.device).expand(batch, -1)
+        with backbone_cache(cache), autocast(self.device, self.compute_dtype):
             outputs = self.model(
-                pixel_values=state.pixel_values,
-                pixel_mask=state.pixel_mask,
+                pixel_values=pixel_values,
+                pixel_mask=pixel_mask,
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 token_type_ids=torch.zeros_like(input_ids),
             )
-        return outputs.logits[0].float(), outputs.pred_boxes[0].float()
+        return outputs.logits.float(), outputs.pred_boxes.float()
 
     def propose(
         self,
@@ -260,7 +291,44 @@ class GroundingDinoProposer:
     ) -> Proposals:
         """Boxes for ``prompt``; several passes for a long prompt, merged with class-aware NMS;
         at most ``max_detections`` per pass and in all (``None``: no cap)."""
-        parts = []
+        batch = self.stack([state])  # a batch of one, with the image's own backbone cache
+        return self.propose_batch(batch, prompt, box_threshold, text_threshold, max_detections)[0]
+
+    def stack(self, states: Sequence[GroundingDinoImageState]) -> GroundingDinoBatch:
+        """Several preprocessed images as one batch: pixels zero-padded at the bottom and right
+        to the largest ``(h, w)``, ``pixel_mask`` 0 over the padding (as transformers' image
+        processor batches them). Images of one size are stacked as they are."""
+        if not states:
+            raise ValueError("states: expected at least one image state, got none")
+        if len(states) == 1:
+            only = states[0]
+            return GroundingDinoBatch(  # the image's own cache: its other prompts reuse it
+                only.pixel_values, only.pixel_mask, [(only.height, only.width)], only.backbone_cache
+            )
+        height = max(s.pixel_values.shape[-2] for s in states)
+        width = max(s.pixel_values.shape[-1] for s in states)
+        first = states[0].pixel_values
+        pixels = first.new_zeros((len(states), first.shape[1], height, width))
+        mask = states[0].pixel_mask.new_zeros((len(states), height, width))
+        for i, state in enumerate(states):
+            h, w = state.pixel_values.shape[-2:]
+            pixels[i, :, :h, :w] = state.pixel_values[0]
+            mask[i, :h, :w] = state.pixel_mask[0]
+        return GroundingDinoBatch(pixels, mask, [(s.height, s.width) for s in states], {})
+
+    def propose_batch(
+        self,
+        batch: GroundingDinoBatch | Sequence[GroundingDinoImageState],
+        prompt: Prompt,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        max_detections: int | None = None,
+    ) -> list[Proposals]:
+        """:meth:`propose` for several images at once: one forward pass per text pass for the
+        whole batch (the prompt is tokenised and planned once). Returns one ``Proposals`` per
+        image, in order. ``batch`` is :meth:`stack`'s result or the images' states."""
+        if not isinstance(batch, GroundingDinoBatch):
+            batch = self.stack(list(batch))
         passes = self.text_passes(prompt)
         unknown = self.unknown_words(passes)
         if unknown:
@@ -268,22 +336,27 @@ class GroundingDinoProposer:
                 "the detector's vocabulary has no tokens for %s: it reads them as unknown and "
                 "cannot ground them", ", ".join(repr(w) for w in unknown)
             )  # fmt: skip
+        parts: list[list[Proposals]] = [[] for _ in batch.sizes]
         for text_pass in passes:
-            logits, boxes = self.forward_pass(state, text_pass)
-            parts.append(
-                decode_pass(
-                    logits,
-                    boxes,
-                    text_pass,
-                    state.height,
-                    state.width,
-                    box_threshold,
-                    text_threshold,
-                    max_detections,
-                )
+            logits, boxes = self._forward(
+                batch.pixel_values, batch.pixel_mask, batch.backbone_cache, text_pass
             )
-        merged = merge_passes(parts, self.nms_threshold, max_detections)
-        merged.unknown_words = unknown
+            for i, (height, width) in enumerate(batch.sizes):
+                parts[i].append(
+                    decode_pass(
+                        logits[i],
+                        boxes[i],
+                        text_pass,
+                        height,
+                        width,
+                        box_threshold,
+                        text_threshold,
+                        max_detections,
+                    )
+                )
+        merged = [merge_passes(p, self.nms_threshold, max_detections) for p in parts]
+        for proposals in merged:
+            proposals.unknown_words = unknown
         return merged
 
     def unknown_words(self, passes: list[TextPass]) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,6 +191,24 @@ class SamSegmenter:
                 state.embeddings = self.model.get_image_embeddings(state.pixel_values)
             self.encoder_calls += 1
         return state.embeddings
+
+    @torch.inference_mode()
+    def embed_batch(self, states: Sequence[SamImageState]) -> None:
+        """Embed the images of ``states`` that have no embedding yet in one encoder call.
+
+        All SAM inputs are ``(3, 1024, 1024)`` (resized and zero-padded), so a batch needs no
+        extra padding and each image's embedding equals its own call's up to float rounding.
+        With ``compile=True`` each new batch size compiles once more.
+        """
+        todo = [state for state in states if state.embeddings is None]
+        if not todo:
+            return
+        pixels = torch.cat([state.pixel_values for state in todo])
+        with self.autocast():
+            embeddings = self.model.get_image_embeddings(pixels)
+        for i, state in enumerate(todo):
+            state.embeddings = embeddings[i : i + 1]
+        self.encoder_calls += len(todo)
 
     @torch.inference_mode()
     def segment(
