@@ -14,7 +14,8 @@ from .api import clear_model_cache, segment
 from .devices import resolve_device
 from .errors import InvalidWeightsError, WeightsNotFoundError
 from .images import load_image
-from .predictor import GroundedSAM
+from .labeling import LabelReport, label_images
+from .predictor import GroundedSAM, PreparedImage
 from .prompts import Prompt, normalize_prompt
 from .registry import ModelSpec, list_models
 from .segmenters.sam_auto import AutoMaskConfig
@@ -29,12 +30,15 @@ __all__ = [
     "AutoMaskConfig",
     "GroundedSAM",
     "InvalidWeightsError",
+    "LabelReport",
     "ModelSpec",
+    "PreparedImage",
     "Prompt",
     "WeightsNotFoundError",
     "__version__",
     "annotate",
     "clear_model_cache",
+    "label_images",
     "list_models",
     "load_image",
     "normalize_prompt",

@@ -4,6 +4,10 @@
                  [--proposer grounding_dino|clip] [--detector NAME|PATH] [--segmenter NAME|PATH]
                  [--device DEV] [--dtype DTYPE]
                  [--box-threshold 0.35] [--text-threshold 0.25] [--overwrite]
+    grounded-seg label IMAGES PROMPT --out DATASET [--format coco|yolo|masks] [--ontology FILE]
+                 [--batch-size 4] [--workers 4] [--resume] [--overwrite] [--ray [ADDRESS]]
+                 [--proposer ...] [--detector ...] [--segmenter ...] [--device DEV] [--dtype ...]
+                 [--box-threshold 0.35] [--text-threshold 0.25] [--no-copy-images]
     grounded-seg models [--role detector|segmenter]
     grounded-seg train shapes --model sam|clip|gdino [--out DIR] [--steps N] [--seed S]
                  [--threads T] [--device DEV] [--batch-size B] [--workers W] [--stop-at STEP]
@@ -29,6 +33,7 @@ from collections.abc import Sequence
 from ..allocator import reuse_freed_memory
 from ..errors import InvalidWeightsError, OutputError, WeightsNotFoundError
 from .commands import cmd_convert, cmd_demo, cmd_eval, cmd_models, cmd_train
+from .label import cmd_label
 from .parser import build_parser
 from .segment import cmd_segment
 
@@ -39,6 +44,7 @@ __all__ = ["main"]
 
 COMMANDS = {
     "segment": cmd_segment,
+    "label": cmd_label,
     "models": cmd_models,
     "train": cmd_train,
     "demo": cmd_demo,
@@ -58,6 +64,9 @@ _CLI_WORDS = (
     (re.compile(r"\(None: no limit\)"), "(0: no limit)"),
     (re.compile(r"^(box|text)_threshold:"), r"--\1-threshold:"),
     (re.compile(r"^max_detections:"), "--max-detections:"),
+    (re.compile(r"^batch_size:"), "--batch-size:"),
+    (re.compile(r"^workers:"), "--workers:"),
+    (re.compile(r"^format:"), "--format:"),
 )
 
 
@@ -93,4 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WeightsNotFoundError, InvalidWeightsError) as err:
         return _fail(err, 1)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        return _fail(err, 2)
+    except ImportError as err:  # an optional extra the command needs (grounded-seg[ray])
         return _fail(err, 2)

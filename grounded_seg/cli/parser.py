@@ -109,6 +109,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
+    label = command("label", "label a folder of images into a data set (COCO, YOLO or masks)")
+    label.add_argument("images", help="a folder (recursive), a glob or a text file of paths")
+    label.add_argument(
+        "prompt", nargs="?", default=None, help='the classes ("cat. dog."), unless --ontology'
+    )
+    label.add_argument("--out", required=True, help="the data set's folder (made if missing)")
+    label.add_argument(
+        "--format", choices=["coco", "yolo", "masks"], default="coco", help="what to write"
+    )
+    label.add_argument(
+        "--ontology",
+        default=None,
+        help='JSON {"phrase": "class"}: several phrases may share a class (instead of PROMPT)',
+    )
+    label.add_argument("--batch-size", type=int, default=4, help="images per model call")
+    label.add_argument(
+        "--workers", type=int, default=4, help="threads decoding the next batches (0: none)"
+    )
+    label.add_argument(
+        "--resume", action="store_true", help="continue the run that made --out (same settings)"
+    )
+    label.add_argument(
+        "--overwrite", action="store_true", help="replace a data set an earlier run made"
+    )
+    label.add_argument(
+        "--ray",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray Data: alone, a local instance; 'auto' or an address joins a cluster",
+    )
+    label.add_argument(
+        "--no-copy-images", action="store_true", help="write labels only (no images/ copies)"
+    )
+    label.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _models(label, DETECTOR_HELP)
+    label.add_argument("--box-threshold", type=float, default=0.35, help="keep boxes above")
+    label.add_argument(
+        "--text-threshold", type=float, default=0.25, help="words above it form the phrase"
+    )
+    label.add_argument(
+        "--max-detections", type=int, default=100, help="per image, the best by score"
+    )
+    label.add_argument(
+        "--nms-threshold",
+        type=_iou_or_none,
+        default=0.5,
+        help="drop a box overlapping a better one of its class by more (none: keep all)",
+    )
+    label.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="larger images are listed as failed, checked before decoding (0: no limit)",
+    )
+
     models = command("models", "list the registered models")
     models.add_argument("--role", choices=["detector", "segmenter"], default=None)
 
