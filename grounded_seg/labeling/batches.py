@@ -118,11 +118,57 @@ class BatchLabeler:
         self.copy_images = copy_images
 
     def prepare(self, source: ImageSource) -> PreparedImage | Exception:
-        """The image decoded and preprocessed for both models, or why it cannot be."""
+        """The image decoded and preprocessed for both models (and copied into ``images/``),
+        or why it cannot be. Runs on worker threads; an error writing the copy is not the
+        image's fault and is raised (the run stops: the data set cannot be written)."""
         try:
-            return self.predictor.prepare(source.path, max_pixels=self.max_pixels)
+            prepared = self.predictor.prepare(source.path, max_pixels=self.max_pixels)
         except Exception as err:
             return err
+        if self.copy_images:
+            self._copy(source)
+        return prepared
+
+    def infer(
+        self, sources: Sequence[ImageSource], prepared: Sequence[PreparedImage | Exception]
+    ) -> list[Any]:
+        """The models on one batch: per image its ``Detections`` or the error that stopped it
+        (a decoding error from :meth:`prepare`, or the models')."""
+        results: list[Any] = list(prepared)
+        good = [i for i, item in enumerate(prepared) if not isinstance(item, Exception)]
+        found = self._predict([(sources[i], prepared[i]) for i in good])
+        for i, detections in zip(good, found, strict=True):
+            results[i] = detections
+        return results
+
+    def record(
+        self,
+        batch: int,
+        sources: Sequence[ImageSource],
+        prepared: Sequence[PreparedImage | Exception],
+        results: Sequence[Any],
+    ) -> BatchResult:
+        """Encode the masks (RLE), map the classes and write the batch's record atomically.
+        Images that failed are recorded with the reason (and their copies removed)."""
+        images = []
+        for source, item, result in zip(sources, prepared, results, strict=True):
+            if isinstance(result, Exception):
+                images.append(self._failure(source, result))
+                if self.copy_images and not isinstance(item, Exception):
+                    (self.root / "images" / source.name).unlink(missing_ok=True)
+                continue
+            height, width = item.image.shape[:2]
+            images.append(
+                {
+                    "index": source.index,
+                    "name": source.name,
+                    "width": int(width),
+                    "height": int(height),
+                    "detections": detection_rows(self._merge(result), self.ontology),
+                }
+            )
+        write_batch(self.root, batch, images)
+        return BatchResult(batch, images)
 
     def label(
         self,
@@ -130,34 +176,10 @@ class BatchLabeler:
         sources: Sequence[ImageSource],
         prepared: Sequence[PreparedImage | Exception] | None = None,
     ) -> BatchResult:
-        """Label one batch and record it; ``prepared`` are :meth:`prepare`'s results (made
-        here when not given). Images that fail are recorded with the reason."""
+        """:meth:`prepare` (unless given), :meth:`infer` and :meth:`record` one batch."""
         if prepared is None:
             prepared = [self.prepare(source) for source in sources]
-        records: dict[int, dict[str, Any]] = {}
-        good = []
-        for source, item in zip(sources, prepared, strict=True):
-            if isinstance(item, Exception):
-                records[source.index] = self._failure(source, item)
-            else:
-                good.append((source, item))
-        for (source, item), detections in zip(good, self._predict(good), strict=True):
-            if isinstance(detections, Exception):
-                records[source.index] = self._failure(source, detections)
-                continue
-            height, width = item.image.shape[:2]
-            if self.copy_images:
-                self._copy(source)
-            records[source.index] = {
-                "index": source.index,
-                "name": source.name,
-                "width": int(width),
-                "height": int(height),
-                "detections": detection_rows(self._merge(detections), self.ontology),
-            }
-        images = [records[source.index] for source in sources]
-        write_batch(self.root, batch, images)
-        return BatchResult(batch, images)
+        return self.record(batch, sources, prepared, self.infer(sources, prepared))
 
     def _predict(self, good: list[tuple[ImageSource, PreparedImage]]) -> list[Any]:
         """Detections per image; a batch that fails is retried image by image, so one image

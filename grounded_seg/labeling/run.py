@@ -176,14 +176,20 @@ def _run_local(
     workers: int,
     progress: Any,
 ) -> None:
-    """Label ``todo`` in order; with ``workers``, the next batches are decoded and preprocessed
-    on threads while the models run on this one (bounded: at most two batches ahead)."""
+    """Label ``todo`` in order. With ``workers``, three stages overlap: worker threads decode,
+    preprocess and copy the next batches (at most three batches ahead), the main thread runs
+    the models, and one writer thread encodes the masks and writes the records of the batch
+    before (at most two batches behind, so memory stays bounded)."""
     if workers == 0:
         for batch, sources in todo:
             progress(labeler.label(batch, sources))
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="label-prepare") as pool:
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="label-prepare") as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="label-write") as writer,
+    ):
         pending: deque[tuple[int, list, list[Future]]] = deque()
+        writing: deque[Future] = deque()
         upcoming = iter(todo)
 
         def submit() -> None:
@@ -198,7 +204,12 @@ def _run_local(
                 batch, sources, futures = pending.popleft()
                 submit()
                 prepared = [future.result() for future in futures]
-                progress(labeler.label(batch, sources, prepared))
+                results = labeler.infer(sources, prepared)
+                while len(writing) >= 2:
+                    progress(writing.popleft().result())
+                writing.append(writer.submit(labeler.record, batch, sources, prepared, results))
+            while writing:
+                progress(writing.popleft().result())
         finally:
             for _, _, futures in pending:
                 for future in futures:
