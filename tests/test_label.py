@@ -223,3 +223,19 @@ def test_pipelined_and_plain_runs_write_the_same_files(scenes, tmp_path):
                      workers=workers, progress=False, **MODELS)  # fmt: skip
     for name in ("annotations.json", "failed.txt"):
         assert (tmp_path / "w0" / name).read_bytes() == (tmp_path / "w3" / name).read_bytes()
+
+
+def test_labels_only_refer_to_the_input_folder(scenes, tmp_path, capsys):
+    out = tmp_path / "labels-only"
+    label_images(scenes / "images", "red circle. blue square.", out, copy_images=False,
+                 progress=False, **MODELS)  # fmt: skip
+    assert not (out / "images").exists()
+    written = json.loads((out / "annotations.json").read_text())
+    assert written["info"]["image_root"] == str((scenes / "images").resolve())
+    assert all((scenes / "images" / i["file_name"]).is_file() for i in written["images"])
+    code = main(
+        ["eval", str(out / "annotations.json"), "--images", str(scenes / "images"),
+         "--detector", "shapes-gdino", "--segmenter", "shapes-sam", "--device", "cpu",
+         "--max-images", "3"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err

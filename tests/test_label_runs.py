@@ -193,7 +193,7 @@ def test_bad_input_fails_before_any_model_loads(case, message, images, tmp_path,
     elif case == "bad batch":
         extra = ["--batch-size", "0"]
     prompt = [] if extra[:1] == ["--ontology"] else ["red circle"]
-    code = main(["label", source, *prompt, "--out", str(out), *extra])
+    code = main(["label", source, *prompt, "--out", str(out), *extra, *CLI_MODELS])
     err = capsys.readouterr().err
     assert code in (2, 3), err
     assert message in err
@@ -219,3 +219,27 @@ def test_output_error_is_an_output_error(images, tmp_path, no_models):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="cannot write the data set"):
         label_images(images, "red circle", tmp_path / "file" / "ds", progress=False, **MODELS)
+
+
+def test_resume_refuses_when_an_image_changed_size(images, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sorted(images.glob("*.png"))[:5]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "ds"
+    label_images(folder, "red circle", out, batch_size=2, progress=False, **MODELS)
+    middle = sorted(folder.glob("*.png"))[2]
+    Image.new("RGB", (64, 48)).save(middle)  # same name, another size: sorted first now
+    with pytest.raises(ValueError, match="plan"):
+        label_images(folder, "red circle", out, batch_size=2, resume=True, progress=False,
+                     **MODELS)  # fmt: skip
+
+
+def test_a_missing_model_fails_before_anything_is_written(images, tmp_path, capsys):
+    out = tmp_path / "ds"
+    code = main(["label", str(images), "red circle", "--out", str(out), "--detector",
+                 str(tmp_path / "no-such-model"), "--segmenter", "shapes-sam"])  # fmt: skip
+    assert code in (1, 2), capsys.readouterr().err
+    assert not out.exists()

@@ -55,6 +55,9 @@ def readme_world(tmp_path, monkeypatch):
     monkeypatch.setenv("GROUNDED_SEG_WEIGHTS", str(weights))
     monkeypatch.chdir(tmp_path)
     Image.fromarray(make_scene(HELD_OUT_SEEDS.start + 40).image).save("kitchen.jpg")
+    Path("photos").mkdir()
+    for seed in range(HELD_OUT_SEEDS.start + 41, HELD_OUT_SEEDS.start + 44):  # label_images' input
+        Image.fromarray(make_scene(seed).image).save(f"photos/{seed}.jpg")
     return tmp_path
 
 
@@ -89,6 +92,8 @@ def _help_options(command: str) -> set[str]:
     return options
 
 
-@pytest.mark.parametrize("command", ["segment", "models", "demo", "eval", "convert", "train"])
+@pytest.mark.parametrize(
+    "command", ["segment", "label", "models", "demo", "eval", "convert", "train"]
+)
 def test_cli_synopsis_matches_help(command):
     assert _readme_options(command) == _help_options(command)

@@ -94,8 +94,8 @@ def _stem_path(name: str, suffix: str) -> PurePosixPath:
 def write_yolo(root: Path, classes: Sequence[str]) -> Path:
     """``labels/<name>.txt`` per image (YOLO segmentation: ``class x1 y1 x2 y2 ...`` polygon
     vertices normalised to [0, 1], one line per connected region, by supervision; an image
-    with nothing found gets an empty file) and ``data.yaml`` (``path``, ``train``, ``val``,
-    ``nc``, ``names``) as Ultralytics reads it."""
+    with nothing found gets an empty file) and ``data.yaml`` (``train``, ``val``, ``nc``,
+    ``names``) as Ultralytics reads it."""
     import supervision as sv
 
     for image in _labelled(root)():
@@ -109,7 +109,9 @@ def write_yolo(root: Path, classes: Sequence[str]) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(line + "\n" for line in lines)
         atomic_write(target, bytes_writer(text.encode("utf-8")), overwrite=True)
-    data = {"path": ".", "train": IMAGES, "val": IMAGES, "nc": len(classes), "names": list(classes)}
+    # no "path": Ultralytics then resolves train/val against this file's folder (a relative
+    # "path" would be taken relative to its global datasets folder instead)
+    data = {"train": IMAGES, "val": IMAGES, "nc": len(classes), "names": list(classes)}
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     return atomic_write(root / YOLO_FILE, bytes_writer(text.encode("utf-8")), overwrite=True)
 

@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from ..availability import require_models
 from ..boxes import DEFAULT_NMS_THRESHOLD
 from ..checks import check_count, check_limit, check_nms_threshold, check_threshold
+from ..devices import resolve_device
 from ..errors import OutputError
 from ..images import DEFAULT_MAX_PIXELS
 from ..outputs import atomic_write, bytes_writer
@@ -56,7 +58,8 @@ class LabelReport:
     not be (``failures``: ``(name, reason)``, also in ``failed.txt``); ``detections`` and
     ``per_class`` (detections per data-set class); ``resumed``: images an earlier run had done;
     ``seconds``: this run's wall time; ``images_per_second``: images this run labelled per
-    second of labelling (model loading and the final files not counted).
+    second of labelling (model loading and the final files not counted; on Ray, the actors'
+    start and model loading are).
     """
 
     out_dir: str
@@ -306,10 +309,14 @@ def label_images(
     image_set = collect_images(images)
     out = Path(out_dir).expanduser()
     _check_out_dir(out, image_set, is_folder)
+    resolve_device(device)  # a device this machine lacks: now, before anything is written
     if ray is not None and ray is not False:
         from .ray_run import require_ray
 
         require_ray()  # before anything is written or loaded
+    else:  # every model present (or downloadable) before anything is written; on Ray the
+        # actors' nodes resolve them
+        require_models([(detector or PROPOSERS[proposer], "detector"), (segmenter, "segmenter")])
     options = {
         "proposer": proposer,
         "detector": None if detector is None else os.fspath(detector),
@@ -322,10 +329,13 @@ def label_images(
         "max_pixels": max_pixels,
         "copy_images": copy_images,
     }
+    plan = plan_batches(image_set.sources, batch_size, max(workers, 1))
     settings = _settings(image_set, ontology, options, batch_size)
+    # the batches themselves: a resume must make the same ones (an image replaced by one of
+    # another size since the run began would move images between batches)
+    settings["plan"] = file_digest([",".join(str(s.index) for s in b) for b in plan])
     resumed = _prepare_out_dir(out, settings, resume, overwrite)
 
-    plan = plan_batches(image_set.sources, batch_size, max(workers, 1))
     done = done_batches(out) if resumed else set()
     todo = [(k, sources) for k, sources in enumerate(plan) if k not in done]
     already = sum(len(sources) for k, sources in enumerate(plan) if k in done)
@@ -371,6 +381,8 @@ def label_images(
         "prompt": ontology.to_dict(),
         **{k: v for k, v in options.items() if k != "copy_images"},
     }
+    if not copy_images:  # file_name is then relative to the input folder
+        info["image_root"] = os.fspath(image_set.base)
     output, failures, per_class, labelled = _finish(out, format, ontology, info)
     done_now = len(image_set.sources) - already
     report = LabelReport(

@@ -33,12 +33,13 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class ImageSet:
-    """The images of a run and the folders they were found under (``roots``: nothing is ever
-    written there)."""
+    """The images of a run, the folders they were found under (``roots``: nothing is ever
+    written there) and the folder their names are relative to (``base``)."""
 
     sources: tuple[ImageSource, ...]
     roots: tuple[Path, ...]
     description: str
+    base: Path  # the folder names are relative to
 
 
 def _is_image(path: Path) -> bool:
@@ -150,4 +151,4 @@ def _named(found: Sequence[Path], root: Path, roots: tuple[Path, ...], what: str
     ordered = sorted(named.items())
     sources = tuple(ImageSource(i, path, name) for i, (name, path) in enumerate(ordered))
     folders = roots or tuple(sorted({p.parent.resolve() for p in named.values()}))
-    return ImageSet(sources, folders, what)
+    return ImageSet(sources, folders, what, root)

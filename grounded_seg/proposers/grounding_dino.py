@@ -305,6 +305,10 @@ class GroundingDinoProposer:
             return GroundingDinoBatch(  # the image's own cache: its other prompts reuse it
                 only.pixel_values, only.pixel_mask, [(only.height, only.width)], only.backbone_cache
             )
+        sizes = [(s.height, s.width) for s in states]
+        if len({s.pixel_values.shape for s in states}) == 1:  # one size: no padding
+            pixels = torch.cat([s.pixel_values for s in states])
+            return GroundingDinoBatch(pixels, torch.cat([s.pixel_mask for s in states]), sizes, {})
         height = max(s.pixel_values.shape[-2] for s in states)
         width = max(s.pixel_values.shape[-1] for s in states)
         first = states[0].pixel_values
@@ -314,7 +318,7 @@ class GroundingDinoProposer:
             h, w = state.pixel_values.shape[-2:]
             pixels[i, :, :h, :w] = state.pixel_values[0]
             mask[i, :h, :w] = state.pixel_mask[0]
-        return GroundingDinoBatch(pixels, mask, [(s.height, s.width) for s in states], {})
+        return GroundingDinoBatch(pixels, mask, sizes, {})
 
     def propose_batch(
         self,
