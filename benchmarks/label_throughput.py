@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     first = {r["pair"]: r["pipelined"] for r in rows if r["batch"] == 1}
     for r in rows:
         lines.append(
-            f"| {r['pair']} | {r['images']} (x{r['repeats']}) | {r['batch']} | {r['models']:.2f} "
-            f"| {r['plain']:.2f} | {r['pipelined']:.2f} | {r['pipelined'] / r['models']:.2f} "
+            f"| {r['pair']} | {r['images']} (x{r['repeats']}) | {r['batch']} | {r['models']:.3g} "
+            f"| {r['plain']:.3g} | {r['pipelined']:.3g} | {r['pipelined'] / r['models']:.2f} "
             f"| {r['pipelined'] / first[r['pair']]:.2f} |"
         )
     if rss is not None:
