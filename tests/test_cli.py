@@ -561,3 +561,16 @@ def test_train_gdino_runs_in_parts_and_resumes(tmp_path, capsys, caplog, monkeyp
 def test_train_rejects_gdino_options_for_other_models(capsys, option):
     assert main(["train", "shapes", "--model", "sam", *option]) == 2
     assert "apply to --model gdino" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """``grounded-seg models | head -1``: the pipe closes early; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        f"{sys.executable} -m grounded_seg.cli models | head -1",
+        shell=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.stdout.count("\n") == 1
+    assert "Traceback" not in run.stderr and "BrokenPipeError" not in run.stderr, run.stderr

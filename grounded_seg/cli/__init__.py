@@ -26,6 +26,7 @@ a result could not be written (nothing half-written is left, no existing file re
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -105,3 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(err, 2)
     except ImportError as err:  # an optional extra the command needs (grounded-seg[ray])
         return _fail(err, 2)
+    except BrokenPipeError:  # stdout's reader left (grounded-seg ... | head): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one at exit
+        return 1
