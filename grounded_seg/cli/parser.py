@@ -47,6 +47,28 @@ def _models(subparser: argparse.ArgumentParser, detector_help: str) -> None:
     )
 
 
+def _answers(subparser: argparse.ArgumentParser, max_pixels_help: str) -> None:
+    """The thresholds and limits of a command that segments (segment, label)."""
+    subparser.add_argument(
+        "--box-threshold", type=float, default=0.35, help="keep boxes scoring above"
+    )
+    subparser.add_argument(
+        "--text-threshold", type=float, default=0.25, help="words above it form the phrase"
+    )
+    subparser.add_argument(
+        "--max-detections", type=int, default=100, help="per image, at most this many, the best"
+    )
+    subparser.add_argument(
+        "--nms-threshold",
+        type=_iou_or_none,
+        default=0.5,
+        help="drop a box overlapping a better one of its class by more (none: keep all)",
+    )
+    subparser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=max_pixels_help
+    )
+
+
 def _iou_or_none(text: str) -> float | None:
     if text.strip().lower() in ("none", "off"):
         return None
@@ -88,25 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--json", dest="json_path", help="write the detections here as JSON")
     seg.add_argument("--masks-dir", help="write one PNG mask per detection into this folder")
     _models(seg, DETECTOR_HELP)
-    seg.add_argument("--box-threshold", type=float, default=0.35, help="keep boxes scoring above")
-    seg.add_argument(
-        "--text-threshold", type=float, default=0.25, help="words above it form the phrase"
-    )
-    seg.add_argument(
-        "--max-detections", type=int, default=100, help="keep at most this many, the best"
-    )
-    seg.add_argument(
-        "--nms-threshold",
-        type=_iou_or_none,
-        default=0.5,
-        help="drop a box overlapping a better one of its class by more (none: keep all)",
-    )
-    seg.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="refuse larger images, checked before decoding (0: no limit)",
-    )
+    _answers(seg, "refuse larger images, checked before decoding (0: no limit)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
     label = command("label", "label a folder of images into a data set (COCO, YOLO or masks)")
@@ -146,25 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     label.add_argument("--no-progress", action="store_true", help="no progress bar")
     _models(label, DETECTOR_HELP)
-    label.add_argument("--box-threshold", type=float, default=0.35, help="keep boxes above")
-    label.add_argument(
-        "--text-threshold", type=float, default=0.25, help="words above it form the phrase"
-    )
-    label.add_argument(
-        "--max-detections", type=int, default=100, help="per image, the best by score"
-    )
-    label.add_argument(
-        "--nms-threshold",
-        type=_iou_or_none,
-        default=0.5,
-        help="drop a box overlapping a better one of its class by more (none: keep all)",
-    )
-    label.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="larger images are listed as failed, checked before decoding (0: no limit)",
-    )
+    _answers(label, "larger images are listed as failed, checked before decoding (0: no limit)")
 
     models = command("models", "list the registered models")
     models.add_argument("--role", choices=["detector", "segmenter"], default=None)

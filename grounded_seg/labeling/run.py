@@ -47,6 +47,10 @@ FAILED_FILE = "failed.txt"
 REPORT_FILE = "report.json"
 _OWNED_FILES = (COCO_FILE, YOLO_FILE, MASKS_FILE, FAILED_FILE, REPORT_FILE)
 _OWNED_FOLDERS = (RECORDS, IMAGES, LABELS, MASKS)
+_LABELER_OPTIONS = (  # what BatchLabeler takes of a run's options
+    "box_threshold", "text_threshold", "max_detections", "nms_threshold", "max_pixels",
+    "copy_images",
+)  # fmt: skip
 
 
 @dataclass
@@ -349,14 +353,7 @@ def label_images(
         "dtype": dtype,
         "nms_threshold": nms_threshold,
     }
-    labeler_options = {
-        "box_threshold": box_threshold,
-        "text_threshold": text_threshold,
-        "max_detections": max_detections,
-        "nms_threshold": nms_threshold,
-        "max_pixels": max_pixels,
-        "copy_images": copy_images,
-    }
+    labeler_options = {key: options[key] for key in _LABELER_OPTIONS}
     bar = _ProgressBar(len(image_set.sources), already, progress)
     labelling = 0.0
     try:
