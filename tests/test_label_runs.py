@@ -243,3 +243,34 @@ def test_a_missing_model_fails_before_anything_is_written(images, tmp_path, caps
                  str(tmp_path / "no-such-model"), "--segmenter", "shapes-sam"])  # fmt: skip
     assert code in (1, 2), capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused(images, tmp_path):
+    from grounded_seg.labeling.run import exclusive
+
+    out = tmp_path / "ds"
+    some = sorted(images.glob("*.png"))[:2]
+    with exclusive(out), pytest.raises(ValueError, match="another grounded-seg label run"):
+        label_images(some, "red circle", out, progress=False, **MODELS)
+    assert label_images(some, "red circle", out, progress=False, **MODELS).labelled == 2
+
+
+def test_ctrl_c_keeps_the_finished_batches_and_says_how_to_go_on(images, tmp_path):
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        _label_command(images, out), env=_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(done_batches(out)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    kept = len(done_batches(out))
+    assert 5 <= kept < len(SEEDS)
+    resumed = subprocess.run(_label_command(images, out, "--resume"), env=_env(),
+                             capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{kept} were done by an earlier run" in resumed.stdout

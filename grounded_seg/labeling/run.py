@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,6 +123,37 @@ def _check_out_dir(out: Path, image_set: ImageSet, is_folder: bool) -> None:
             raise ValueError(
                 f"{source.path} is inside the data set's own folders under {out}; label a copy"
             )
+
+
+@contextlib.contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the data set's folder (made if missing) for the block: a
+    second run into the same folder, by mistake or a double-click, is refused instead of
+    interleaving its records with this one's. The operating system drops the lock when the
+    process ends, however it ends, so a killed run leaves nothing stale behind."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = os.open(out, os.O_RDONLY)
+    except OSError as err:
+        raise OutputError(f"cannot write the data set into {out}: {err}") from err
+    try:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): no lock, the rest works the same
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"--out {out}: another grounded-seg label run is writing into it; wait for it "
+                "to end (or stop it), then run again with --resume"
+            ) from None
+        yield
+    finally:
+        os.close(handle)
 
 
 def _prepare_out_dir(out: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> bool:
@@ -338,68 +370,71 @@ def label_images(
     # the batches themselves: a resume must make the same ones (an image replaced by one of
     # another size since the run began would move images between batches)
     settings["plan"] = file_digest([",".join(str(s.index) for s in b) for b in plan])
-    resumed = _prepare_out_dir(out, settings, resume, overwrite)
+    with exclusive(out):  # one run at a time per data set
+        resumed = _prepare_out_dir(out, settings, resume, overwrite)
 
-    done = done_batches(out) if resumed else set()
-    todo = [(k, sources) for k, sources in enumerate(plan) if k not in done]
-    already = sum(len(sources) for k, sources in enumerate(plan) if k in done)
-    if resumed:
-        logger.info("resuming: %d of %d batches were done", len(plan) - len(todo), len(plan))
-    model_options = {
-        "proposer": proposer,
-        "detector": detector,
-        "segmenter": segmenter,
-        "device": device,
-        "dtype": dtype,
-        "nms_threshold": nms_threshold,
-    }
-    labeler_options = {key: options[key] for key in _LABELER_OPTIONS}
-    bar = _ProgressBar(len(image_set.sources), already, progress)
-    labelling = 0.0
-    try:
-        if todo:
-            if ray is not None and ray is not False:
-                from .ray_run import run_on_ray
+        done = done_batches(out) if resumed else set()
+        todo = [(k, sources) for k, sources in enumerate(plan) if k not in done]
+        already = sum(len(sources) for k, sources in enumerate(plan) if k in done)
+        if resumed:
+            logger.info("resuming: %d of %d batches were done", len(plan) - len(todo), len(plan))
+        model_options = {
+            "proposer": proposer,
+            "detector": detector,
+            "segmenter": segmenter,
+            "device": device,
+            "dtype": dtype,
+            "nms_threshold": nms_threshold,
+        }
+        labeler_options = {key: options[key] for key in _LABELER_OPTIONS}
+        bar = _ProgressBar(len(image_set.sources), already, progress)
+        labelling = 0.0
+        try:
+            if todo:
+                if ray is not None and ray is not False:
+                    from .ray_run import run_on_ray
 
-                t0 = time.perf_counter()
-                run_on_ray(ray, todo, out, ontology, model_options, labeler_options, workers, bar)
-                labelling = time.perf_counter() - t0
-            else:
-                labeler = BatchLabeler(
-                    load_predictor(model_options), ontology, out, **labeler_options
-                )
-                t0 = time.perf_counter()
-                _run_local(labeler, todo, workers, bar)
-                labelling = time.perf_counter() - t0
-    finally:
-        bar.close()
-    info = {
-        "description": "labelled by grounded-seg label",
-        "prompt": ontology.to_dict(),
-        **{k: v for k, v in options.items() if k != "copy_images"},
-    }
-    if not copy_images:  # file_name is then relative to the input folder
-        info["image_root"] = os.fspath(image_set.base)
-    output, failures, per_class, labelled = _finish(out, format, ontology, info)
-    done_now = len(image_set.sources) - already
-    report = LabelReport(
-        out_dir=str(out),
-        format=format,
-        output=str(output),
-        images=len(image_set.sources),
-        labelled=labelled,
-        failed=len(failures),
-        detections=sum(per_class.values()),
-        per_class=dict(per_class),
-        resumed=already,
-        seconds=time.perf_counter() - start,
-        images_per_second=done_now / labelling if labelling > 0 else 0.0,
-        failures=failures,
-    )
-    content = json.dumps(report.to_dict(), indent=2) + "\n"
-    atomic_write(out / REPORT_FILE, bytes_writer(content.encode("utf-8")), overwrite=True)
-    logger.info("%s", report.summary())
-    return report
+                    t0 = time.perf_counter()
+                    run_on_ray(
+                        ray, todo, out, ontology, model_options, labeler_options, workers, bar
+                    )
+                    labelling = time.perf_counter() - t0
+                else:
+                    labeler = BatchLabeler(
+                        load_predictor(model_options), ontology, out, **labeler_options
+                    )
+                    t0 = time.perf_counter()
+                    _run_local(labeler, todo, workers, bar)
+                    labelling = time.perf_counter() - t0
+        finally:
+            bar.close()
+        info = {
+            "description": "labelled by grounded-seg label",
+            "prompt": ontology.to_dict(),
+            **{k: v for k, v in options.items() if k != "copy_images"},
+        }
+        if not copy_images:  # file_name is then relative to the input folder
+            info["image_root"] = os.fspath(image_set.base)
+        output, failures, per_class, labelled = _finish(out, format, ontology, info)
+        done_now = len(image_set.sources) - already
+        report = LabelReport(
+            out_dir=str(out),
+            format=format,
+            output=str(output),
+            images=len(image_set.sources),
+            labelled=labelled,
+            failed=len(failures),
+            detections=sum(per_class.values()),
+            per_class=dict(per_class),
+            resumed=already,
+            seconds=time.perf_counter() - start,
+            images_per_second=done_now / labelling if labelling > 0 else 0.0,
+            failures=failures,
+        )
+        content = json.dumps(report.to_dict(), indent=2) + "\n"
+        atomic_write(out / REPORT_FILE, bytes_writer(content.encode("utf-8")), overwrite=True)
+        logger.info("%s", report.summary())
+        return report
 
 
 def load_predictor(model_options: dict[str, Any]) -> GroundedSAM:
