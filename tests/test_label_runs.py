@@ -255,12 +255,20 @@ def test_a_second_run_into_the_same_folder_is_refused(images, tmp_path):
     assert label_images(some, "red circle", out, progress=False, **MODELS).labelled == 2
 
 
+AS_AT_A_TERMINAL = (  # Ctrl-C raises KeyboardInterrupt even when the tests run as a background
+    # job (a non-interactive shell starts those with SIGINT ignored, inherited through exec)
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'grounded-seg'; runpy.run_module('grounded_seg.cli', run_name='__main__')"
+)
+
+
 def test_ctrl_c_keeps_the_finished_batches_and_says_how_to_go_on(images, tmp_path):
     out = tmp_path / "interrupted"
+    command = _label_command(images, out)
+    command[1:3] = ["-c", AS_AT_A_TERMINAL]  # instead of "-m grounded_seg.cli"
     process = subprocess.Popen(
-        _label_command(images, out), env=_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while len(done_batches(out)) < 5 and time.monotonic() < deadline:
         time.sleep(0.005)

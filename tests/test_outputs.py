@@ -183,9 +183,14 @@ def test_unwritable_outputs_fail_before_any_model_loads(
 
 
 KILLED_MID_WRITE = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 import PIL.Image
+
+# Ctrl-C as at a terminal, even when the tests run as a background job (a non-interactive
+# shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+# through exec: the child would sleep through the test's SIGINT)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 flag = Path(sys.argv[1])
 def stalls_mid_write(self, fp, format=None, **params):
