@@ -105,9 +105,11 @@ def segment(
     fast path is asked for: float32 weights, forward passes under autocast.
 
     A list (or tuple) of images returns a list of ``Detections``, one per image in order, run
-    ``batch_size`` images at a time through :meth:`GroundedSAM.predict_batch` (the same
-    answers as one call per image; every image is checked and decoded first). For a folder of
-    thousands, ``label_images`` streams, writes a data set and resumes.
+    ``batch_size`` images at a time through :meth:`GroundedSAM.predict_batch`; every image is
+    checked and decoded first. Images of one size get the answers of one call per image; images
+    of different sizes share a padded batch, which moves a detector's answers slightly (see
+    ``predict_batch``). For a folder of thousands, ``label_images`` streams, batches images of
+    one size together, writes a data set and resumes.
 
     The image, prompt and thresholds are validated before any model is loaded. The last pair of
     models stays loaded for the next call (``clear_model_cache()`` releases it). The result is
