@@ -8,6 +8,10 @@
                  [--batch-size 4] [--workers 4] [--resume] [--overwrite] [--ray [ADDRESS]]
                  [--proposer ...] [--detector ...] [--segmenter ...] [--device DEV] [--dtype ...]
                  [--box-threshold 0.35] [--text-threshold 0.25] [--no-copy-images]
+    grounded-seg serve [--host 127.0.0.1] [--port 8000] [--proposer ...] [--detector ...]
+                 [--segmenter ...] [--device DEV] [--dtype ...] [--max-batch 8]
+                 [--batch-window-ms 5] [--max-queue 32] [--max-upload-mb 20]
+                 [--max-pixels 40e6] [--api-key KEY]
     grounded-seg models [--role detector|segmenter]
     grounded-seg train shapes --model sam|clip|gdino [--out DIR] [--steps N] [--seed S]
                  [--threads T] [--device DEV] [--batch-size B] [--workers W] [--stop-at STEP]
@@ -37,6 +41,7 @@ from .commands import cmd_convert, cmd_demo, cmd_eval, cmd_models, cmd_train
 from .label import cmd_label
 from .parser import build_parser
 from .segment import cmd_segment
+from .serve import cmd_serve
 
 logger = logging.getLogger("grounded_seg.cli")
 
@@ -46,6 +51,7 @@ __all__ = ["main"]
 COMMANDS = {
     "segment": cmd_segment,
     "label": cmd_label,
+    "serve": cmd_serve,
     "models": cmd_models,
     "train": cmd_train,
     "demo": cmd_demo,
@@ -92,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if args.command == "train":  # a run of minutes to hours: its progress shows without -v
+    if args.command in ("train", "serve"):  # long-running: their progress shows without -v
         logging.getLogger("grounded_seg").setLevel(logging.INFO)
     # a process of our own: large freed tensors stay in the heap (see grounded_seg.allocator)
     reuse_freed_memory()

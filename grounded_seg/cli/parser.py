@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..images import DEFAULT_MAX_PIXELS
+from ..serve.settings import DEFAULT_SERVE_MAX_PIXELS
 
 ROUTES = ("grounding_dino", "clip")
 
@@ -67,6 +68,19 @@ def _answers(subparser: argparse.ArgumentParser, max_pixels_help: str) -> None:
     subparser.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=max_pixels_help
     )
+
+
+def _pixels(text: str) -> int:
+    """A pixel count, also written as 40e6."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a pixel count such as 40e6, got {text!r}"
+        ) from None
+    if not value.is_integer() or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole pixel count >= 0, got {text!r}")
+    return int(value)
 
 
 def _iou_or_none(text: str) -> float | None:
@@ -151,6 +165,35 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--no-progress", action="store_true", help="no progress bar")
     _models(label, DETECTOR_HELP)
     _answers(label, "larger images are listed as failed, checked before decoding (0: no limit)")
+
+    serve = command("serve", "serve the models over HTTP, with a page to try them at /")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (others: use a key)")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    _models(serve, DETECTOR_HELP)
+    serve.add_argument(
+        "--max-batch", type=int, default=8, help="images per model call (1: one at a time)"
+    )
+    serve.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=5.0,
+        help="how long an idle model waits for more requests to batch",
+    )
+    serve.add_argument(
+        "--max-queue", type=int, default=32, help="requests in progress at most; then 503"
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file")
+    serve.add_argument(
+        "--max-pixels",
+        type=_pixels,
+        default=DEFAULT_SERVE_MAX_PIXELS,
+        help="largest width x height, checked before decoding (0: no limit)",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="require this key on /v1/ requests (or set GROUNDED_SEG_API_KEY)",
+    )
 
     models = command("models", "list the registered models")
     models.add_argument("--role", choices=["detector", "segmenter"], default=None)
