@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_helpers import SEEDS, png
 
 from grounded_seg import GroundedSAM, annotate
 from grounded_seg.export import rle_decode
 from grounded_seg.serve import ServeSettings, create_app
 from grounded_seg.shapes import HELD_OUT_SEEDS, make_scene
+
+from serve_helpers import SEEDS, png
 
 SHAPES = {"detector": "shapes-gdino", "segmenter": "shapes-sam", "device": "cpu"}
 PROMPT = "red circle. blue square."
@@ -124,34 +125,63 @@ def _png_header(width: int, height: int) -> bytes:
     )
 
 
-def _bad_requests(scene_png: bytes, tmp_path):
+def _form(image: bytes | None, prompt: str | None = "red circle", **fields) -> dict:
+    data = {**({"prompt": prompt} if prompt is not None else {}), **fields}
+    files = {"image": ("x.png", image, "image/png")} if image is not None else None
+    return {"data": data, "files": files}
+
+
+def _raw(content: bytes, content_type: str | None) -> dict:
+    return {"content": content, "headers": {"content-type": content_type} if content_type else {}}
+
+
+def _bad_requests(scene_png: bytes, tmp_path) -> dict[str, tuple[int, str, dict]]:
     path = tmp_path / "on-the-server.png"
     path.write_bytes(scene_png)
     big = png(np.zeros((600, 400, 3), np.uint8))  # 240,000 pixels > max_pixels 200,000
     noise = png(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
-    files = lambda data: {"image": ("x.png", data, "image/png")}  # noqa: E731
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+    path_b64 = base64.b64encode(str(path).encode()).decode()
+    picture = {"data": {"prompt": "red circle"}, "files": {"picture": ("x.png", scene_png)}}
     return {
-        "upload too large": (413, "--max-upload-mb", dict(data={"prompt": "red circle"}, files=files(noise))),
-        "too many pixels": (413, "--max-pixels", dict(data={"prompt": "red circle"}, files=files(big))),
-        "30000 x 30000 declared": (413, "too large", dict(data={"prompt": "red circle"}, files=files(_png_header(30000, 30000)))),
-        "truncated PNG": (422, "damaged image data", dict(data={"prompt": "red circle"}, files=files(scene_png[: len(scene_png) // 2]))),
-        "not an image": (422, "not an image file", dict(data={"prompt": "red circle"}, files=files(b"hello, world"))),
-        "PostScript (never opened)": (422, "not an image file", dict(data={"prompt": "red circle"}, files=files(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"))),
-        "empty file": (422, "empty", dict(data={"prompt": "red circle"}, files=files(b""))),
-        "empty prompt": (422, "prompt: expected text naming what to find", dict(data={"prompt": ""}, files=files(scene_png))),
-        "no prompt": (422, "prompt: expected text, got nothing", dict(files=files(scene_png))),
-        "threshold not a number": (422, "box_threshold: expected a number in [0, 1], got 'abc'", dict(data={"prompt": "red circle", "box_threshold": "abc"}, files=files(scene_png))),
-        "threshold out of range": (422, "text_threshold: expected a number in [0, 1], got 1.5", dict(data={"prompt": "red circle", "text_threshold": "1.5"}, files=files(scene_png))),
-        "a model asked for": (422, "unknown field(s) 'detector'", dict(data={"prompt": "red circle", "detector": "sam-vit-huge"}, files=files(scene_png))),
-        "no image part": (422, "image: expected a file part named 'image'", dict(data={"prompt": "red circle"}, files={"picture": ("x.png", scene_png, "image/png")})),
-        "a path instead of an image": (422, "image: ", dict(json={"image": str(path), "prompt": "red circle"})),
-        "a path as base64": (422, "not an image file", dict(json={"image": base64.b64encode(str(path).encode()).decode(), "prompt": "red circle"})),
-        "image not a string": (422, "image: expected the image file as a base64 string, got int", dict(json={"image": 3, "prompt": "red circle"})),
-        "not JSON": (422, "not valid JSON", dict(content=b"{nope", headers={"content-type": "application/json"})),
-        "JSON not an object": (422, "expected a JSON object, got list", dict(json=[1, 2])),
-        "wrong content type": (415, "got 'text/plain'", dict(content=b"hello", headers={"content-type": "text/plain"})),
-        "no content type": (415, "got 'no content type'", dict(content=b"hello")),
-        "broken multipart": (422, "multipart", dict(content=b"--x\r\nnot a part", headers={"content-type": "multipart/form-data; boundary=x"})),
+        "upload too large": (413, "--max-upload-mb", _form(noise)),
+        "too many pixels": (413, "--max-pixels", _form(big)),
+        "30000 x 30000 declared": (413, "too large", _form(_png_header(30000, 30000))),
+        "truncated PNG": (422, "damaged image data", _form(scene_png[: len(scene_png) // 2])),
+        "not an image": (422, "not an image file", _form(b"hello, world")),
+        "PostScript (never opened)": (422, "not an image file", _form(eps)),
+        "empty file": (422, "empty", _form(b"")),
+        "empty prompt": (422, "prompt: expected text naming what to find", _form(scene_png, "")),
+        "no prompt": (422, "prompt: expected text, got nothing", _form(scene_png, None)),
+        "threshold not a number": (
+            422, "box_threshold: expected a number in [0, 1], got 'abc'",
+            _form(scene_png, box_threshold="abc"),
+        ),
+        "threshold out of range": (
+            422, "text_threshold: expected a number in [0, 1], got 1.5",
+            _form(scene_png, text_threshold="1.5"),
+        ),
+        "a model asked for": (
+            422, "unknown field(s) 'detector'", _form(scene_png, detector="sam-vit-huge")
+        ),
+        "no image part": (422, "image: expected a file part named 'image'", picture),
+        "a path instead of an image": (
+            422, "image: ", {"json": {"image": str(path), "prompt": "red circle"}}
+        ),
+        "a path as base64": (
+            422, "not an image file", {"json": {"image": path_b64, "prompt": "red circle"}}
+        ),
+        "image not a string": (
+            422, "image: expected the image file as a base64 string, got int",
+            {"json": {"image": 3, "prompt": "red circle"}},
+        ),
+        "not JSON": (422, "not valid JSON", _raw(b"{nope", "application/json")),
+        "JSON not an object": (422, "expected a JSON object, got list", {"json": [1, 2]}),
+        "wrong content type": (415, "got 'text/plain'", _raw(b"hello", "text/plain")),
+        "no content type": (415, "got 'no content type'", _raw(b"hello", None)),
+        "broken multipart": (
+            422, "multipart", _raw(b"--x\r\nnot a part", "multipart/form-data; boundary=x")
+        ),
     }  # fmt: skip
 
 

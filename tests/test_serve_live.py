@@ -14,12 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import SEEDS, Gated, free_port, live_server, png, wait_until
 
 from grounded_seg import GroundedSAM
 from grounded_seg.export import rle_decode
 from grounded_seg.serve import ServeSettings
 from grounded_seg.shapes import HELD_OUT_SEEDS, PHRASES, make_scene
+
+from serve_helpers import SEEDS, Gated, free_port, live_server, png, wait_until
 
 SHAPES = {"detector": "shapes-gdino", "segmenter": "shapes-sam", "device": "cpu"}
 PROMPT = "red circle. blue square. yellow star."

@@ -12,7 +12,6 @@ on one model thread through :class:`~grounded_seg.serve.batching.BatchQueue`, an
 worker threads, so the event loop only moves bytes.
 """
 
-
 import asyncio
 import logging
 import math
