@@ -9,10 +9,14 @@
 #   GROUNDED_SEG_ORACLE        where the oracle environment lives (default:
 #                              ~/.cache/grounded_seg/oracle-env; built once, then reused)
 #   GROUNDED_SEG_NO_ORACLE=1   skip building it (the 13 parity tests then skip, saying why)
+#   GROUNDED_SEG_NO_BROWSER=1  do not install Debian's chromium for the browser test (see
+#                              scripts/browser.sh; without it that test skips, saying why)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/env.sh
 . scripts/env.sh
+# shellcheck source=scripts/browser.sh
+. scripts/browser.sh
 if [ -z "${GROUNDED_SEG_NO_ORACLE:-}" ] && [ -z "${GROUNDED_SEG_ORACLE_PYTHON:-}" ]; then
     oracle="${GROUNDED_SEG_ORACLE:-${XDG_CACHE_HOME:-$HOME/.cache}/grounded_seg/oracle-env}"
     if [ ! -f "$oracle/.complete" ]; then

@@ -10,7 +10,7 @@
                  [--box-threshold 0.35] [--text-threshold 0.25] [--no-copy-images]
     grounded-seg serve [--host 127.0.0.1] [--port 8000] [--proposer ...] [--detector ...]
                  [--segmenter ...] [--device DEV] [--dtype ...] [--max-batch 8]
-                 [--batch-window-ms 5] [--max-queue 32] [--max-upload-mb 20]
+                 [--batch-window-ms 20] [--max-queue 32] [--max-upload-mb 20]
                  [--max-pixels 40e6] [--api-key KEY]
     grounded-seg models [--role detector|segmenter]
     grounded-seg train shapes --model sam|clip|gdino [--out DIR] [--steps N] [--seed S]

@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--batch-window-ms",
         type=float,
-        default=5.0,
-        help="how long an idle model waits for more requests to batch",
+        default=20.0,
+        help="under concurrent load, how long a batch waits for more requests (a lone one: 0)",
     )
     serve.add_argument(
         "--max-queue", type=int, default=32, help="requests in progress at most; then 503"

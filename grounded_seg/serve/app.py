@@ -76,7 +76,10 @@ class Service:
     def _ready(self, predictor: BatchPredictor) -> None:
         self.predictor = predictor
         self.queue = BatchQueue(
-            predictor, self.settings.max_batch, self.settings.batch_window_ms / 1e3
+            predictor,
+            self.settings.max_batch,
+            self.settings.batch_window_ms / 1e3,
+            in_progress=lambda: self.active,
         )
         self.queue.start()
         self.status = "ready"

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +27,10 @@ from ..predictor import PreparedImage
 from ..prompts import Prompt
 
 logger = logging.getLogger(__name__)
+
+BUSY_MEMORY_S = 1.0
+"""After seeing concurrent requests, keep gathering batches for this long (seconds): under load,
+the next requests are often still on the wire when a batch ends."""
 
 
 class BatchPredictor(Protocol):
@@ -73,15 +77,25 @@ class Answer:
 class BatchQueue:
     """Gathers jobs into batches of at most ``max_batch`` and runs them on one model thread.
 
-    When the models are idle the first job waits up to ``window_s`` seconds for company; jobs
-    arriving while a batch runs are taken together as soon as it ends. ``sizes`` counts the
-    batch sizes run (for ``/healthz`` and the tests).
+    Jobs waiting when the models become free are taken together at once. Then, while requests
+    are coming concurrently (more than one admitted now, or within the last ``BUSY_MEMORY_S``),
+    the batch waits up to ``window_s`` for more to join, and ends early when full; a lone
+    client's request never waits (``in_progress`` tells how many the service has admitted).
+    ``sizes`` counts the batch sizes run (for ``/healthz`` and the tests).
     """
 
-    def __init__(self, predictor: BatchPredictor, max_batch: int, window_s: float) -> None:
+    def __init__(
+        self,
+        predictor: BatchPredictor,
+        max_batch: int,
+        window_s: float,
+        in_progress: Callable[[], int] = lambda: 1,
+    ) -> None:
         self.predictor = predictor
         self.max_batch = max_batch
         self.window_s = window_s
+        self.in_progress = in_progress  # requests admitted by the service, this one included
+        self._busy_until = 0.0  # until then, requests have been coming concurrently
         self.sizes: dict[int, int] = {}
         self.recent_batch_s = 0.0  # an exponential average, for Retry-After
         self._queue: asyncio.Queue[Job] | None = None
@@ -122,7 +136,9 @@ class BatchQueue:
         assert self._queue is not None
         while True:
             jobs = [await self._queue.get()]
-            deadline = time.perf_counter() + self.window_s
+            now = time.perf_counter()
+            concurrent = self.in_progress() > 1 or now < self._busy_until
+            deadline = now + (self.window_s if concurrent else 0.0)  # a lone client never waits
             while len(jobs) < self.max_batch:
                 try:  # those already waiting join at once; then wait out the window
                     jobs.append(self._queue.get_nowait())
@@ -136,6 +152,8 @@ class BatchQueue:
                     jobs.append(await asyncio.wait_for(self._queue.get(), left))
                 except TimeoutError:
                     break
+            if len(jobs) > 1 or self.in_progress() > 1:
+                self._busy_until = time.perf_counter() + BUSY_MEMORY_S
             groups: dict[tuple, list[Job]] = {}
             for job in jobs:
                 size = job.prepared.image.shape[:2]

@@ -22,9 +22,9 @@ class ServeSettings:
     ``dtype``; loaded once, when the service starts, and never from a request.
 
     Batching: concurrent requests with the same prompt, thresholds and image size are answered
-    by one ``GroundedSAM.predict_batch`` call of at most ``max_batch`` images; the first request
-    waits at most ``batch_window_ms`` for others to join it while the models are idle (while
-    they are busy, requests gather by themselves). ``max_batch=1`` serves one image at a time.
+    by one ``GroundedSAM.predict_batch`` call of at most ``max_batch`` images. While requests come
+    concurrently, a batch waits at most ``batch_window_ms`` for others to join (ending early when
+    full); a lone client's request never waits. ``max_batch=1`` serves one image at a time.
 
     Limits: ``max_upload_mb`` (MiB) bounds the image file (a JSON body may be 4/3 of it plus
     64 KiB, for base64); ``max_pixels`` bounds width x height before decoding; ``max_queue`` is
@@ -41,7 +41,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 8
-    batch_window_ms: float = 5.0
+    batch_window_ms: float = 20.0
     max_queue: int = 32
     max_upload_mb: float = 20.0
     max_pixels: int | None = DEFAULT_SERVE_MAX_PIXELS
