@@ -8,7 +8,7 @@ every ``--bad-every``-th is malformed, cycling through a truncated PNG, a PNG wh
 declares 30000 x 30000 pixels, an empty prompt and a wrong content type. Reported per mode (the
 median of ``--repeats`` runs, modes alternating): requests/s (well-formed requests answered
 per second of the run), p50 / p95 latency of the well-formed ones, the server's responses by
-status class, and its resident memory after loading, after the warm-up and at the end.
+status class, and its resident memory after loading, after the warm-up and after each run.
 
 Checked, and the script exits 1 otherwise: no 5xx, every malformed request a 4xx, every
 well-formed one a 200, ``/healthz`` ready at the end.
@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=50, help="per client, per run")
     parser.add_argument("--bad-every", type=int, default=10, help="every Nth request malformed")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=20, help="requests per client, untimed")
     parser.add_argument("--batches", default="8,1", help="--max-batch values to compare")
     parser.add_argument("--detector", default="shapes-gdino")
     parser.add_argument("--segmenter", default="shapes-sam")
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     wall_start = time.perf_counter()
     batches = [int(b) for b in args.batches.split(",")]
     bodies = [requests_for(args, k) for k in range(args.clients)]
-    warmup = [requests_for(args, args.clients + k)[:4] for k in range(args.clients)]
+    warmup = [requests_for(args, args.clients + k)[: args.warmup] for k in range(args.clients)]
     servers = {b: start_server(args, b) for b in batches}
     memory: dict[int, list[float]] = {}
     runs: dict[int, list[dict]] = {b: [] for b in batches}
@@ -229,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             one_run(url, warmup, args.timeout)
             memory[b] = [loaded, rss_mib(process.pid)]
         for repeat in range(args.repeats):
-            for b, (_, url) in servers.items():
+            for b, (process, url) in servers.items():
                 run = one_run(url, bodies, args.timeout)
+                run["rss"] = rss_mib(process.pid)
                 runs[b].append(run)
                 print(f"repeat {repeat} max-batch {b}: {run}", flush=True)
                 if (
@@ -240,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                     or (run["ok"] != run["good"])
                 ):
                     failures.append(f"max-batch {b}, repeat {repeat}: {run}")
-        for b, (process, url) in servers.items():
-            memory[b].append(rss_mib(process.pid))
+        for b, (_, url) in servers.items():
             health = httpx.get(f"{url}/healthz", timeout=10).json()
             if health["status"] != "ready":
                 failures.append(f"max-batch {b}: /healthz says {health}")
@@ -284,18 +285,19 @@ def main(argv: list[str] | None = None) -> int:
         f"- command: `python benchmarks/serve_load.py {' '.join(argv or sys.argv[1:])}`",
         "",
         "| --max-batch | requests/s | vs one at a time | p50 ms | p95 ms | 200 | 4xx (malformed) "
-        "| 5xx | batch sizes run (count) | RSS MiB: loaded / warm / end |",
+        "| 5xx | batch sizes run (count) | RSS MiB: loaded / warmed up / after each run |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for b in batches:
         last = runs[b][-1]
-        loaded, warm, end, sizes = memory[b]
+        loaded, warm, sizes = memory[b]
+        after = " / ".join(f"{r['rss']:.0f}" for r in runs[b])
         sizes_text = ", ".join(f"{k}: {v}" for k, v in sizes.items())
         lines.append(
             f"| {b} | {med[b]['rps']:.1f} | {med[b]['rps'] / base:.2f}x | {med[b]['p50']:.0f} | "
             f"{med[b]['p95']:.0f} | {last['ok']}/{last['good']} | {last['bad_4xx']}/{last['bad']} "
             f"| {sum(r['5xx'] for r in runs[b])} | {sizes_text} | {loaded:.0f} / {warm:.0f} / "
-            f"{end:.0f} |"
+            f"{after} |"
         )
     lines += [
         "",
