@@ -308,3 +308,17 @@ def test_a_model_that_cannot_load_is_reported(tmp_path):
 def test_bad_settings_are_refused_before_anything_loads(options, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(")):
         ServeSettings(**options)
+
+
+def test_the_clip_route_serves_the_same_answers_as_the_library(scene):
+    clip = {"proposer": "clip", "detector": "shapes-clip", "segmenter": "shapes-sam"}
+    models = GroundedSAM(**clip, device="cpu")
+    with TestClient(create_app(ServeSettings(**clip), predictor=models)) as client:
+        assert client.get("/v1/models").json()["proposer"] == "clip"
+        response = _post(client, png(scene.image))
+    assert response.status_code == 200, response.text
+    rows = response.json()["detections"]
+    expected = models.predict_batch([scene.image], PROMPT)[0]
+    assert rows and [r["class_name"] for r in rows] == expected.data["class_name"].tolist()
+    for row, mask in zip(rows, expected.mask, strict=True):
+        assert np.array_equal(rle_decode(row["mask_rle"]), mask)

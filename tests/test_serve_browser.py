@@ -143,4 +143,8 @@ def test_try_a_generated_scene_fills_the_image_and_the_prompt(browser, server):
         page.click("#save-json")
     saved = Path(download.value.path()).read_text()
     assert '"detections"' in saved
+    with page.expect_download() as download:
+        page.click("#save-png")
+    picture = Image.open(download.value.path())
+    assert picture.format == "PNG" and picture.size[0] >= 128
     page.close()
