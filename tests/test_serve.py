@@ -144,7 +144,8 @@ def _bad_requests(scene_png: bytes, tmp_path) -> dict[str, tuple[int, str, dict]
     path_b64 = base64.b64encode(str(path).encode()).decode()
     picture = {"data": {"prompt": "red circle"}, "files": {"picture": ("x.png", scene_png)}}
     return {
-        "upload too large": (413, "--max-upload-mb", _form(noise)),
+        "upload too large": (413, "the image is more than", _form(noise)),
+        "body too large (Content-Length)": (413, "the request body is more", _form(noise * 3)),
         "too many pixels": (413, "--max-pixels", _form(big)),
         "30000 x 30000 declared": (413, "too large", _form(_png_header(30000, 30000))),
         "truncated PNG": (422, "damaged image data", _form(scene_png[: len(scene_png) // 2])),
