@@ -12,7 +12,9 @@ from importlib.metadata import PackageNotFoundError, version
 from .allocator import reuse_freed_memory
 from .api import clear_model_cache, segment
 from .devices import resolve_device
+from .edit import apply_edit, edit
 from .errors import InvalidWeightsError, WeightsNotFoundError
+from .explain import Explanation, explain
 from .images import load_image
 from .labeling import LabelReport, label_images
 from .predictor import GroundedSAM, PreparedImage
@@ -28,6 +30,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "AutoMaskConfig",
+    "Explanation",
     "GroundedSAM",
     "InvalidWeightsError",
     "LabelReport",
@@ -37,7 +40,10 @@ __all__ = [
     "WeightsNotFoundError",
     "__version__",
     "annotate",
+    "apply_edit",
     "clear_model_cache",
+    "edit",
+    "explain",
     "label_images",
     "list_models",
     "load_image",

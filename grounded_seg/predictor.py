@@ -264,6 +264,35 @@ class GroundedSAM:
             self._segmenter_state = self.segmenter.encode_image(image)
         return self._detections(image, proposals, self._segmenter_state, normalized, box_threshold)
 
+    def explain(
+        self,
+        prompt: PromptInput | Prompt,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        max_detections: int | None = DEFAULT_MAX_DETECTIONS,
+    ) -> Any:
+        """Grounding DINO's four stages on the current image for ``prompt``: an
+        ``Explanation`` (see ``grounded_seg.explain``), reusing the cached backbone features.
+        Needs the Grounding DINO route."""
+        from .explain import explain_state
+        from .proposers.grounding_dino import GroundingDinoProposer
+
+        image = self._require_image()
+        if not isinstance(self.proposer, GroundingDinoProposer):
+            raise TypeError(
+                "explain shows Grounding DINO's stages: expected the grounding_dino route, got "
+                f"a {type(self.proposer).__name__}"
+            )
+        return explain_state(
+            self.proposer,
+            self._proposer_state,
+            image,
+            normalize_prompt(prompt),
+            check_threshold("box_threshold", box_threshold),
+            check_threshold("text_threshold", text_threshold),
+            check_limit("max_detections", max_detections),
+        )
+
     def prepare(
         self,
         image: ImageInput | PreparedImage,

@@ -53,3 +53,12 @@ def test_clip_route_picture_example(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "kept 2 for 'yellow star. red circle.'" in result.stderr
     assert Image.open(out).size == (1040, 512)
+
+
+def test_explain_and_edit_pictures_example(tmp_path):
+    why, edits = tmp_path / "explain.png", tmp_path / "edit.png"
+    result = run("explain_and_edit.py", "--explain", str(why), "--edit", str(edits))
+    assert result.returncode == 0, result.stderr
+    assert "3 detections explained" in result.stderr and "4 edits" in result.stderr
+    assert Image.open(edits).size == (5 * 384 + 4 * 10, 384 + 28)
+    assert Image.open(why).size[0] >= 1000

@@ -12,6 +12,11 @@
                  [--segmenter ...] [--device DEV] [--dtype ...] [--max-batch 8]
                  [--batch-window-ms 20] [--max-queue 32] [--max-upload-mb 20]
                  [--max-pixels 40e6] [--api-key KEY]
+    grounded-seg explain IMAGE PROMPT [-o explain.png] [--detector ...] [--device DEV]
+                 [--box-threshold 0.35] [--text-threshold 0.25] [--max-pixels N] [--overwrite]
+    grounded-seg edit IMAGE PROMPT (--remove | --blur | --cutout | --recolor COLOR
+                 | --replace TEXT) -o OUT [--dilate N] [--inpainter NAME|DIR] [--seed S]
+                 [model and threshold options as segment] [--overwrite]
     grounded-seg models [--role detector|segmenter]
     grounded-seg train shapes --model sam|clip|gdino [--out DIR] [--steps N] [--seed S]
                  [--threads T] [--device DEV] [--batch-size B] [--workers W] [--stop-at STEP]
@@ -38,6 +43,7 @@ from collections.abc import Sequence
 from ..allocator import reuse_freed_memory
 from ..errors import InvalidWeightsError, OutputError, WeightsNotFoundError
 from .commands import cmd_convert, cmd_demo, cmd_eval, cmd_models, cmd_train
+from .edit import cmd_edit, cmd_explain
 from .label import cmd_label
 from .parser import build_parser
 from .segment import cmd_segment
@@ -52,6 +58,8 @@ COMMANDS = {
     "segment": cmd_segment,
     "label": cmd_label,
     "serve": cmd_serve,
+    "explain": cmd_explain,
+    "edit": cmd_edit,
     "models": cmd_models,
     "train": cmd_train,
     "demo": cmd_demo,

@@ -195,6 +195,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="require this key on /v1/ requests (or set GROUNDED_SEG_API_KEY)",
     )
 
+    why = command("explain", "draw Grounding DINO's four stages for IMAGE and PROMPT")
+    why.add_argument("image", help="image file")
+    why.add_argument("prompt", help='the classes ("cat. dog.")')
+    why.add_argument("-o", "--output", default="explain.png", help="the figure (PNG, PDF, SVG)")
+    why.add_argument("--detector", default=None, help="a Grounding DINO: name, folder, hub id")
+    why.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    why.add_argument("--box-threshold", type=float, default=0.35, help="keep boxes above")
+    why.add_argument("--text-threshold", type=float, default=0.25, help="phrase words above")
+    why.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger (0: no limit)"
+    )
+    why.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
+
+    ed = command("edit", "remove, blur, cut out, recolour or replace what PROMPT names")
+    ed.add_argument("image", help="image file (never modified)")
+    ed.add_argument("prompt", help='what to edit ("car. person.")')
+    act = ed.add_mutually_exclusive_group(required=True)
+    act.add_argument("--remove", action="store_true", help="inpaint it away (OpenCV, offline)")
+    act.add_argument("--blur", action="store_true", help="blur it (faces, plates)")
+    act.add_argument("--cutout", action="store_true", help="keep it alone: a transparent PNG")
+    act.add_argument("--recolor", metavar="COLOR", default=None, help="name, #rrggbb or r,g,b")
+    act.add_argument(
+        "--replace", metavar="TEXT", default=None, help="paint TEXT there (grounded-seg[edit])"
+    )
+    ed.add_argument("-o", "--output", required=True, help="the edited image")
+    ed.add_argument(
+        "--dilate", type=int, default=None, help="grow the mask by N px (default: per action)"
+    )
+    ed.add_argument(
+        "--inpainter", default=None, help="--replace's diffusers model: hub id or folder"
+    )
+    ed.add_argument("--seed", type=int, default=0, help="--replace's random seed")
+    _models(ed, DETECTOR_HELP)
+    ed.add_argument("--box-threshold", type=float, default=0.35, help="keep boxes above")
+    ed.add_argument("--text-threshold", type=float, default=0.25, help="phrase words above")
+    ed.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger (0: no limit)"
+    )
+    ed.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
+
     models = command("models", "list the registered models")
     models.add_argument("--role", choices=["detector", "segmenter"], default=None)
 

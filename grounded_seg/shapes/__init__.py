@@ -9,6 +9,7 @@ from .world import (
     TRAIN_SEEDS,
     Scene,
     ShapeObject,
+    background,
     make_scene,
     scenes,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "TRAIN_SEEDS",
     "Scene",
     "ShapeObject",
+    "background",
     "export_coco",
     "make_scene",
     "rle_decode",

@@ -108,6 +108,21 @@ def _tight_box(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Grey level ``(size, size)`` float64: a base, a horizontal ramp and pixel noise (the first
+    draws of a scene's generator)."""
+    base = rng.uniform(100, 160)
+    ramp = np.linspace(-1, 1, size)[None, :] * rng.uniform(-12, 12)
+    return base + ramp + rng.normal(0, 8, (size, size))
+
+
+def background(seed: int, size: int = 128) -> np.ndarray:
+    """The scene of ``seed`` with no shape: RGB uint8 ``(size, size, 3)``, the pixels under
+    every object as they were before it was drawn (what removing an object should give)."""
+    grey = _background(np.random.default_rng(int(seed)), size)
+    return np.repeat(np.clip(np.round(grey), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
 def make_scene(
     seed: int, size: int = 128, max_objects: int = 4, phrases: Sequence[str] | None = None
 ) -> Scene:
@@ -127,10 +142,7 @@ def make_scene(
                 f"got {list(phrases)}"
             )
     rng = np.random.default_rng(int(seed))
-    base = rng.uniform(100, 160)
-    ramp = np.linspace(-1, 1, size)[None, :] * rng.uniform(-12, 12)
-    background = base + ramp + rng.normal(0, 8, (size, size))
-    image = np.repeat(background[:, :, None], 3, axis=2)
+    image = np.repeat(_background(rng, size)[:, :, None], 3, axis=2)
     occupied = np.zeros((size, size), bool)
     objects: list[ShapeObject] = []
     wanted = int(rng.integers(1, max_objects + 1)) if phrases is None else len(phrases)
