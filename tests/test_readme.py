@@ -93,7 +93,8 @@ def _help_options(command: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "command", ["segment", "label", "serve", "models", "demo", "eval", "convert", "train"]
+    "command",
+    ["segment", "label", "serve", "explain", "edit", "models", "demo", "eval", "convert", "train"],
 )
 def test_cli_synopsis_matches_help(command):
     assert _readme_options(command) == _help_options(command)

@@ -14,8 +14,8 @@
                  [--max-pixels 40e6] [--api-key KEY]
     grounded-seg explain IMAGE PROMPT [-o explain.png] [--detector ...] [--device DEV]
                  [--box-threshold 0.35] [--text-threshold 0.25] [--max-pixels N] [--overwrite]
-    grounded-seg edit IMAGE PROMPT (--remove | --blur | --cutout | --recolor COLOR
-                 | --replace TEXT) -o OUT [--dilate N] [--inpainter NAME|DIR] [--seed S]
+    grounded-seg edit IMAGE PROMPT {--remove | --blur | --cutout | --recolor COLOR
+                 | --replace TEXT} -o OUT [--dilate N] [--inpainter NAME|DIR] [--seed S]
                  [model and threshold options as segment] [--overwrite]
     grounded-seg models [--role detector|segmenter]
     grounded-seg train shapes --model sam|clip|gdino [--out DIR] [--steps N] [--seed S]
