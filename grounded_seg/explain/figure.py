@@ -4,7 +4,8 @@ Drawn with matplotlib's object API (``matplotlib.figure.Figure`` on the Agg canv
 no global state, no display needed). matplotlib comes with supervision, a dependency.
 
     row 1   the image with the final boxes  |  1. backbone feature norms, one panel per level
-    row 2   2-3. query-selection map of each class (best level per pixel) over the image, with
+    row 2   2-3. query-selection map of each class (best level per pixel, square-root colour
+            scale shared by the classes) over the image in grey, with
             the tokens selected as decoder queries (dots; the class's peak a star)
     row 3   4. each detection's box after each decoder layer (faint: query selection, solid:
             final)  |  the token-by-detection probabilities (which words lit which box)
@@ -27,6 +28,7 @@ MAX_CLASSES_SHOWN = 4
 def draw(explanation: Any, max_classes: int = MAX_CLASSES_SHOWN, dpi: int = 100) -> Any:
     """A ``matplotlib.figure.Figure`` of the explanation (see the module doc); at most
     ``max_classes`` query-selection panels (the prompt's first classes)."""
+    from matplotlib.colors import PowerNorm
     from matplotlib.figure import Figure
 
     e = explanation
@@ -50,8 +52,9 @@ def draw(explanation: Any, max_classes: int = MAX_CLASSES_SHOWN, dpi: int = 100)
     for c, name in enumerate(shown):
         ax = figure.add_subplot(grid[1, c])
         best = e.selection[c].max(axis=0)
-        ax.imshow(e.image)
-        ax.imshow(best, cmap="magma", alpha=0.65, vmin=0.0, vmax=top)
+        ax.imshow(e.image.mean(axis=2), cmap="gray", vmin=0, vmax=255)
+        # square-root scale: the probabilities fall fast away from the peak
+        ax.imshow(best, cmap="inferno", alpha=0.75, norm=PowerNorm(0.5, vmin=0.0, vmax=top))
         ax.scatter(e.query_xy[:, 0], e.query_xy[:, 1], s=12 + 8 * e.query_level,
                    facecolors="none", edgecolors="cyan", linewidths=0.8)  # fmt: skip
         y, x = np.unravel_index(int(best.argmax()), best.shape)
