@@ -52,7 +52,11 @@ def _text_colour(colour: sv.Color) -> sv.Color:
 
 
 def labels_for(detections: sv.Detections) -> list[str]:
-    """``"class_name 0.87"`` for each detection (the class id, else ``#index``, without names)."""
+    """``"class_name 0.87"`` for each detection (the class id, else ``#index``, without names);
+    ``"class_name #7"`` for tracked detections (``tracker_id`` set)."""
+    if detections.tracker_id is not None and len(detections):
+        names = detections.data.get("class_name", detections.class_id)
+        return [f"{names[i]} #{int(detections.tracker_id[i])}" for i in range(len(detections))]
     names = detections.data.get("class_name")
     ids = detections.class_id
     if names is None:  # the class id, or the detection's index when there is none

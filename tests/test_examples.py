@@ -62,3 +62,11 @@ def test_explain_and_edit_pictures_example(tmp_path):
     assert "3 detections explained" in result.stderr and "4 edits" in result.stderr
     assert Image.open(edits).size == (5 * 384 + 4 * 10, 384 + 28)
     assert Image.open(why).size[0] >= 1000
+
+
+def test_shapes_video_example(tmp_path):
+    result = run("shapes_video.py", str(tmp_path / "video"), "--frames", "5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(".")  # the prompt naming the video's objects
+    assert len(list((tmp_path / "video" / "frames").glob("*.png"))) == 5
+    assert (tmp_path / "video" / "gt.txt").read_text().startswith("1,")

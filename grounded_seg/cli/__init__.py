@@ -17,6 +17,10 @@
     grounded-seg edit IMAGE PROMPT {--remove | --blur | --cutout | --recolor COLOR
                  | --replace TEXT} -o OUT [--dilate N] [--inpainter NAME|DIR] [--seed S]
                  [model and threshold options as segment] [--overwrite]
+    grounded-seg track VIDEO PROMPT [-o annotated.mp4] [--json tracks.jsonl] [--mot tracks.txt]
+                 [--tracker bytetrack] [--every K] [--low-threshold 0.1] [--lost-frames 30]
+                 [model and threshold options as segment] [--overwrite]
+    grounded-seg eval-video GROUND_TRUTH.txt TRACKS.txt [--json scores.json]
     grounded-seg models [--role detector|segmenter]
     grounded-seg train shapes --model sam|clip|gdino [--out DIR] [--steps N] [--seed S]
                  [--threads T] [--device DEV] [--batch-size B] [--workers W] [--stop-at STEP]
@@ -48,6 +52,7 @@ from .label import cmd_label
 from .parser import build_parser
 from .segment import cmd_segment
 from .serve import cmd_serve
+from .track import cmd_eval_video, cmd_track
 
 logger = logging.getLogger("grounded_seg.cli")
 
@@ -60,6 +65,8 @@ COMMANDS = {
     "serve": cmd_serve,
     "explain": cmd_explain,
     "edit": cmd_edit,
+    "track": cmd_track,
+    "eval-video": cmd_eval_video,
     "models": cmd_models,
     "train": cmd_train,
     "demo": cmd_demo,

@@ -235,6 +235,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ed.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
 
+    tr = command("track", "track every object PROMPT names through VIDEO, with stable ids")
+    tr.add_argument("video", help="a video file (what OpenCV reads) or a folder of frames")
+    tr.add_argument("prompt", help='the classes ("car. person.")')
+    tr.add_argument("-o", "--output", default=None, help="annotated video (.mp4, .avi, .mkv)")
+    tr.add_argument("--json", dest="json_path", default=None, help="JSON lines, one per frame")
+    tr.add_argument("--mot", default=None, help="MOT-challenge text (frame,id,x,y,w,h,score)")
+    tr.add_argument("--tracker", choices=["bytetrack", "sam2", "sam3"], default="bytetrack")
+    tr.add_argument("--every", type=int, default=1, help="run the models on every K-th frame")
+    tr.add_argument(
+        "--low-threshold", type=float, default=0.1, help="lower scores may continue a track"
+    )
+    tr.add_argument("--lost-frames", type=int, default=30, help="keyframes a track may go unseen")
+    tr.add_argument("--batch-size", type=int, default=4, help="keyframes per model call")
+    tr.add_argument("--fps", type=float, default=None, help="a folder's frame rate (30)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _models(tr, DETECTOR_HELP)
+    tr.add_argument("--box-threshold", type=float, default=0.35, help="may start a track above")
+    tr.add_argument("--text-threshold", type=float, default=0.25, help="phrase words above")
+    tr.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    ev_video = command("eval-video", "score tracks against MOT ground truth (HOTA, IDF1, MOTA)")
+    ev_video.add_argument("ground_truth", help="MOT text: frame,id,left,top,width,height,...")
+    ev_video.add_argument("tracks", help="the tracker's MOT text (grounded-seg track --mot)")
+    ev_video.add_argument("--json", dest="json_path", default=None, help="write the scores")
+    ev_video.add_argument("--overwrite", action="store_true", help="replace an existing --json")
+
     models = command("models", "list the registered models")
     models.add_argument("--role", choices=["detector", "segmenter"], default=None)
 
