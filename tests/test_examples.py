@@ -70,3 +70,11 @@ def test_shapes_video_example(tmp_path):
     assert result.stdout.strip().endswith(".")  # the prompt naming the video's objects
     assert len(list((tmp_path / "video" / "frames").glob("*.png"))) == 5
     assert (tmp_path / "video" / "gt.txt").read_text().startswith("1,")
+
+
+def test_track_strip_example(tmp_path):
+    out = tmp_path / "strip.png"
+    result = run("track_strip.py", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "ID switches; wrote" in result.stderr and "IDF1" in result.stderr
+    assert Image.open(out).size == (6 * 256 + 5 * 6, 256)
