@@ -83,6 +83,16 @@ def _pixels(text: str) -> int:
     return int(value)
 
 
+def _one_image(subparser: argparse.ArgumentParser) -> None:
+    """The thresholds, size limit and overwrite rule of a command on one image file."""
+    subparser.add_argument("--box-threshold", type=float, default=0.35, help="keep boxes above")
+    subparser.add_argument("--text-threshold", type=float, default=0.25, help="phrase words above")
+    subparser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger (0: no limit)"
+    )
+    subparser.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
+
+
 def _iou_or_none(text: str) -> float | None:
     if text.strip().lower() in ("none", "off"):
         return None
@@ -201,12 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("-o", "--output", default="explain.png", help="the figure (PNG, PDF, SVG)")
     why.add_argument("--detector", default=None, help="a Grounding DINO: name, folder, hub id")
     why.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    why.add_argument("--box-threshold", type=float, default=0.35, help="keep boxes above")
-    why.add_argument("--text-threshold", type=float, default=0.25, help="phrase words above")
-    why.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger (0: no limit)"
-    )
-    why.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
+    _one_image(why)
 
     ed = command("edit", "remove, blur, cut out, recolour or replace what PROMPT names")
     ed.add_argument("image", help="image file (never modified)")
@@ -228,12 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ed.add_argument("--seed", type=int, default=0, help="--replace's random seed")
     _models(ed, DETECTOR_HELP)
-    ed.add_argument("--box-threshold", type=float, default=0.35, help="keep boxes above")
-    ed.add_argument("--text-threshold", type=float, default=0.25, help="phrase words above")
-    ed.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger (0: no limit)"
-    )
-    ed.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
+    _one_image(ed)
 
     tr = command("track", "track every object PROMPT names through VIDEO, with stable ids")
     tr.add_argument("video", help="a video file (what OpenCV reads) or a folder of frames")
