@@ -144,15 +144,15 @@ def test_grounded_seg_serve_starts_answers_and_stops_on_ctrl_c():
         assert answer.status_code == 200
         assert [r["class_name"] for r in answer.json()["detections"]] == [PHRASES[0]]
         process.send_signal(signal.SIGINT)
-        # uvicorn shuts down cleanly, then ends by the signal it caught, as a Ctrl-C'd program
-        assert process.wait(timeout=30) in (0, -signal.SIGINT)
+        # uvicorn shuts down cleanly, then hands Ctrl-C on; the command ends with 130, quietly
+        assert process.wait(timeout=30) == 130
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
     log = process.stdout.read()
     assert "models loaded" in log and f"Uvicorn running on {url}" in log
-    assert "Application shutdown complete" in log
+    assert "Application shutdown complete" in log and "Traceback" not in log
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     service = app.state.service
     service.on_failure = lambda: setattr(server, "should_exit", True)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then passed Ctrl-C on: no traceback
+        return 130
     if service.status == "failed":
         print(f"error: the models could not be loaded: {service.error}", file=sys.stderr)
         return 1
