@@ -45,7 +45,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     # frames/s on stderr; the source is read twice (frames for drawing, the tracker's own)
     bar = tqdm(total=source.count, unit="frame", disable=args.no_progress, leave=True)
     with writer, bar:
-        for t, (frame, found) in enumerate(zip(source, frames, strict=False)):
+        for t, (frame, found) in enumerate(zip(source, frames, strict=True)):
             writer.add(t, frame, found)
             ids.update(found.tracker_id.tolist())
             bar.update(1)

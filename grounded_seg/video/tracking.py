@@ -12,6 +12,7 @@ the SAM 2 / SAM 3 video models, which grounded_seg does not load yet.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -104,11 +105,9 @@ def track(
 def _run(
     source, predictor, prompt, every, batch_size, associate, answers
 ) -> Iterator[sv.Detections]:
-    chunk: list[np.ndarray] = []
     frames = iter(source)
-    carried = _empty(source.height, source.width)
-    while True:
-        chunk = [frame for _, frame in zip(range(every * batch_size), frames, strict=False)]
+    while True:  # chunks of every x batch_size frames: each starts with a keyframe
+        chunk = list(itertools.islice(frames, every * batch_size))
         if not chunk:
             return
         keys = chunk[::every]
