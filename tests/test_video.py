@@ -198,3 +198,24 @@ def test_grounded_seg_track_and_eval_video(tmp_path, capsys):
     assert main(args) == 2 and out.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if ".spool" in p.name]
     assert main(["track", str(frames), "red circle", "-o", str(tmp_path / "x.gif")]) == 2
+
+
+def test_with_frames_yields_each_decoded_frame_beside_its_objects(shapes_gs, tmp_path):
+    video = make_video(TEST_VIDEOS[3], frames=6)
+    pairs = list(track(_folder(video, tmp_path / "v"), _prompt(video), predictor=shapes_gs,
+                       with_frames=True))  # fmt: skip
+    assert len(pairs) == 6
+    for (frame, found), expected in zip(pairs, video.frames, strict=True):
+        assert np.array_equal(frame, expected) and found.mask.shape == (len(found), 128, 128)
+
+
+def test_a_missing_trackers_package_is_named_before_any_model_loads(tmp_path, monkeypatch):
+    import sys
+
+    import grounded_seg.predictor
+
+    monkeypatch.setitem(sys.modules, "trackers", None)
+    monkeypatch.setattr(grounded_seg.predictor, "GroundedSAM", None)  # loading would fail
+    folder = _folder(make_video(TEST_VIDEOS[0], frames=2), tmp_path / "v")
+    with pytest.raises(ImportError, match=r'pip install "grounded-seg\[video\]"'):
+        track(folder, "red circle")

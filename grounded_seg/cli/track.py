@@ -34,7 +34,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         low_threshold=min(args.low_threshold, args.box_threshold),
         text_threshold=args.text_threshold, lost_frames=args.lost_frames,
         batch_size=args.batch_size, device=None if args.device == "auto" else args.device,
-        dtype=args.dtype,
+        dtype=args.dtype, with_frames=True,
     )  # fmt: skip
     from tqdm.auto import tqdm
 
@@ -42,10 +42,10 @@ def cmd_track(args: argparse.Namespace) -> int:
     count = 0
     writer = TrackWriter(width=source.width, height=source.height, fps=source.fps,
                          overwrite=args.overwrite, **outputs)  # fmt: skip
-    # frames/s on stderr; the source is read twice (frames for drawing, the tracker's own)
+    # frames/s on stderr; each frame is decoded once, for the models and for drawing
     bar = tqdm(total=source.count, unit="frame", disable=args.no_progress, leave=True)
     with writer, bar:
-        for t, (frame, found) in enumerate(zip(source, frames, strict=True)):
+        for t, (frame, found) in enumerate(frames):
             writer.add(t, frame, found)
             ids.update(found.tracker_id.tolist())
             bar.update(1)

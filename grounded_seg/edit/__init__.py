@@ -90,10 +90,8 @@ def edit(
             UserWarning,
             stacklevel=2,
         )
-    return apply_edit(
-        image, detections, action, color=color, text=text, dilate=dilate, inpainter=inpainter,
-        seed=seed, device=device, image_format=image_format, max_pixels=max_pixels,
-    )  # fmt: skip
+    edited = _apply(rgb, detections, action, color, text, dilate, inpainter, seed, device)
+    return _as_input_kind(edited, image, image_format)
 
 
 def apply_edit(
@@ -115,25 +113,39 @@ def apply_edit(
     comes back unchanged (as the same kind)."""
     rgb = load_image(image, image_format=image_format, max_pixels=max_pixels)
     _check(action, color, text, dilate)
+    edited = _apply(rgb, masks, action, color, text, dilate, inpainter, seed, device)
+    return _as_input_kind(edited, image, image_format)
+
+
+def _apply(
+    rgb: np.ndarray,
+    masks: sv.Detections | np.ndarray,
+    action: str,
+    color: Any,
+    text: str | None,
+    dilate: int | None,
+    inpainter: Any,
+    seed: int,
+    device: Any,
+) -> np.ndarray:
+    """The action on a checked RGB uint8 ``(H, W, 3)`` image; a new array (RGBA for cutout)."""
     union = _union(masks, rgb.shape[:2])
     grown = _dilate(union, action if dilate is None else dilate)
     if not grown.any():
-        edited = cutout(rgb, grown) if action == "cutout" else rgb.copy()
-    elif action == "remove":
-        edited = remove(rgb, grown)
-    elif action == "blur":
-        edited = blur(rgb, grown)
-    elif action == "cutout":
-        edited = cutout(rgb, grown)
-    elif action == "recolor":
-        edited = recolor(rgb, grown, color if isinstance(color, tuple) else parse_colour(color))
-    else:
-        from .replace import DEFAULT_INPAINTER, load_inpainter, replace
+        return cutout(rgb, grown) if action == "cutout" else rgb.copy()
+    if action == "remove":
+        return remove(rgb, grown)
+    if action == "blur":
+        return blur(rgb, grown)
+    if action == "cutout":
+        return cutout(rgb, grown)
+    if action == "recolor":
+        return recolor(rgb, grown, color if isinstance(color, tuple) else parse_colour(color))
+    from .replace import DEFAULT_INPAINTER, load_inpainter, replace
 
-        if inpainter is None or isinstance(inpainter, (str, os.PathLike)):
-            inpainter = load_inpainter(inpainter or DEFAULT_INPAINTER, device)
-        edited = replace(rgb, grown, text, inpainter, seed=seed)
-    return _as_input_kind(edited, image, image_format)
+    if inpainter is None or isinstance(inpainter, (str, os.PathLike)):
+        inpainter = load_inpainter(inpainter or DEFAULT_INPAINTER, device)
+    return replace(rgb, grown, text, inpainter, seed=seed)
 
 
 def _check(action: Any, color: Any, text: Any, dilate: Any) -> None:

@@ -57,7 +57,8 @@ def track(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     predictor: Any = None,
-) -> Iterator[sv.Detections]:
+    with_frames: bool = False,
+) -> Iterator[sv.Detections] | Iterator[tuple[np.ndarray, sv.Detections]]:
     """Track what ``prompt`` names through ``video`` (a file OpenCV reads, a folder of frames,
     or an :func:`open_video` result); one ``supervision.Detections`` per frame, in order.
 
@@ -68,7 +69,9 @@ def track(
     continue one (an object partly hidden, or seen at a bad angle, keeps its id). ``every``:
     run the models on every K-th frame; frames between carry the last keyframe's objects.
     ``lost_frames``: keyframes a track may go unseen before it ends. Model options as in
-    ``segment()``; ``predictor``: a loaded ``GroundedSAM`` to use instead. Everything is
+    ``segment()``; ``predictor``: a loaded ``GroundedSAM`` to use instead. ``with_frames``:
+    yield ``(frame, detections)`` pairs (RGB uint8 frames), so that drawing needs no second
+    decoding of the video. Everything is
     checked (the video opened, its first frame read) before any model loads; a prompt found in
     no frame gives empty detections, not an error.
     """
@@ -92,19 +95,19 @@ def track(
         )
     text_threshold = check_threshold("text_threshold", text_threshold)
     max_detections = check_limit("max_detections", max_detections)
+    associate = _Association(box_threshold, lost_frames, source.fps / every)  # needs trackers
     if predictor is None:
         from ..predictor import GroundedSAM
 
         predictor = GroundedSAM(detector=detector, segmenter=segmenter, device=device,
                                 dtype=dtype, proposer=proposer)  # fmt: skip
-    associate = _Association(box_threshold, lost_frames, source.fps / every)
     return _run(source, predictor, normalized, every, batch_size, associate,
-                (low_threshold, text_threshold, max_detections))  # fmt: skip
+                (low_threshold, text_threshold, max_detections), with_frames)  # fmt: skip
 
 
 def _run(
-    source, predictor, prompt, every, batch_size, associate, answers
-) -> Iterator[sv.Detections]:
+    source, predictor, prompt, every, batch_size, associate, answers, with_frames
+) -> Iterator[Any]:
     frames = iter(source)
     while True:  # chunks of every x batch_size frames: each starts with a keyframe
         chunk = list(itertools.islice(frames, every * batch_size))
@@ -115,7 +118,7 @@ def _run(
         for t in range(len(chunk)):
             if t % every == 0:
                 carried = associate(found[t // every])
-            yield _copy(carried)
+            yield (chunk[t], _copy(carried)) if with_frames else _copy(carried)
 
 
 class _Association:
