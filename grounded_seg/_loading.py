@@ -111,8 +111,11 @@ def _weights_file(folder: Path) -> Path:
     return folder / _WEIGHT_FILES[0]
 
 
-def load_config(source: ModelSource, expected_model_type: str, role: str) -> Any:
-    """The model's config, after checking it is of ``expected_model_type``."""
+def load_config(
+    source: ModelSource, expected_model_type: str | tuple[str, ...] | None, role: str
+) -> Any:
+    """The model's config, after checking it is of ``expected_model_type`` (one type, several,
+    or ``None``: any)."""
     from transformers import AutoConfig
 
     location, kwargs = _location(source)
@@ -137,12 +140,39 @@ def load_config(source: ModelSource, expected_model_type: str, role: str) -> Any
             f"{', '.join(str(d / source.label) for d in weights_dirs())} and the Hugging Face "
             f"cache) and the hub could not provide {location}: {err}. {how_to_get(source)}"
         ) from err
-    if config.model_type != expected_model_type:
+    expected = (
+        (expected_model_type,) if isinstance(expected_model_type, str) else expected_model_type
+    )
+    if expected is not None and config.model_type not in expected:
         raise InvalidWeightsError(
-            f"{role} {source.label!r}: expected a {expected_model_type!r} model, got model_type "
-            f"{config.model_type!r} in {location}"
+            f"{role} {source.label!r}: expected a {' or '.join(map(repr, expected))} model, got "
+            f"model_type {config.model_type!r} in {location}"
         )
     return config
+
+
+def model_family(name_or_path: str | os.PathLike, role: str) -> str:
+    """The family that runs a model (``"sam"``, ``"sam2"``, ``"grounding_dino"``...), read from its
+    registry entry, or from the ``model_type`` of its folder's (or hub id's) ``config.json``:
+    what a folder holds picks its class, not the name it was given.
+
+    ``InvalidWeightsError`` when the folder holds a model no family of grounded_seg runs.
+    """
+    from .registry import MODEL_TYPE_FAMILY, resolve_model
+
+    with LOAD_LOCK:
+        source = resolve_model(name_or_path, role)  # type: ignore[arg-type]
+        if source.local_dir is None and source.spec is not None:
+            return source.spec.family
+        config = load_config(source, None, role)
+    family = MODEL_TYPE_FAMILY.get(config.model_type)
+    if family is None:
+        known = ", ".join(sorted(MODEL_TYPE_FAMILY))
+        raise InvalidWeightsError(
+            f"{role} {source.label!r}: holds a {config.model_type!r} model; grounded_seg runs "
+            f"model types {known}"
+        )
+    return family
 
 
 def load_model(
@@ -206,13 +236,16 @@ def load_component(source: ModelSource, loader: Any, role: str, what: str) -> An
 def load_pretrained(
     name_or_path: str | os.PathLike,
     role: str,
-    model_type: str,
-    model_cls: type[ModelT] | str,
+    model_type: str | tuple[str, ...],
+    model_cls: type[ModelT] | str | dict[str, type[ModelT] | str],
     components: dict[str, Any],
     device: str | torch.device | None = None,
 ) -> tuple[ModelT, dict[str, Any]]:
     """Resolve a name or path, check its ``model_type``, load the model strictly (float32) on
     ``device``, then each component (``{"tokenizer": "AutoTokenizer", ...}``).
+
+    ``model_type`` may name several accepted types; ``model_cls`` is then a dict from each type to
+    the class that loads it (the folder's ``config.json`` decides, not the caller).
 
     Classes may be given by their name in ``transformers`` (imported under the lock: its lazy
     imports are not thread-safe either). Thread-safe: loads run one at a time.
@@ -230,8 +263,9 @@ def load_pretrained(
             logger.info("%s %r: loading %s from the Hugging Face cache or hub", role,
                         source.label, source.hub_id)  # fmt: skip
         config = load_config(source, model_type, role)
+        cls = model_cls[config.model_type] if isinstance(model_cls, dict) else model_cls
         with quiet_loading_bar(logger):
-            model = load_model(source, _transformers_class(model_cls), config, role, torch_device)
+            model = load_model(source, _transformers_class(cls), config, role, torch_device)
         loaded = {
             what: load_component(source, _transformers_class(loader), role, what.replace("_", " "))
             for what, loader in components.items()

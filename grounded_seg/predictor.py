@@ -119,10 +119,11 @@ class GroundedSAM:
     ) -> None:
         from .availability import require_models
         from .devices import resolve_device
-        from .proposers import PROPOSERS
+        from .proposers import PROPOSERS, proposer_class
         from .proposers.clip import ClipProposer
         from .proposers.grounding_dino import GroundingDinoProposer
         from .registry import list_models
+        from .segmenters import load_segmenter
         from .segmenters.sam import SamSegmenter
 
         if proposer not in PROPOSERS:
@@ -146,9 +147,7 @@ class GroundedSAM:
                     f"needs one of: {', '.join(valid)} (or a folder of such a model)"
                 )
         if isinstance(segmenter, (str, os.PathLike)):
-            segmenter = SamSegmenter.from_pretrained(
-                segmenter, device=device, dtype=dtype, compile=compile
-            )
+            segmenter = load_segmenter(segmenter, device=device, dtype=dtype, compile=compile)
         elif compile:
             raise ValueError(
                 "compile applies when the segmenter is loaded by name or path; pass "
@@ -172,8 +171,12 @@ class GroundedSAM:
                 detector = ClipProposer.from_pretrained(
                     detector, segmenter=segmenter, device=device, dtype=dtype, **options
                 )
-            else:
+            elif proposer == "grounding_dino":
                 detector = GroundingDinoProposer.from_pretrained(
+                    detector, device=device, dtype=dtype, **options
+                )
+            else:
+                detector = proposer_class(proposer).from_pretrained(
                     detector, device=device, dtype=dtype, **options
                 )
         elif not isinstance(detector, BoxProposer):

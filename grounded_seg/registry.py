@@ -27,7 +27,20 @@ from typing import Literal
 
 from .official.checkpoint import is_official_checkpoint
 
-Family = Literal["grounding_dino", "sam", "clip"]
+Family = Literal["grounding_dino", "sam", "sam2", "sam_hq", "clip", "owlv2", "sam3"]
+
+# transformers' ``model_type`` (a folder's config.json) -> the family that runs it
+MODEL_TYPE_FAMILY: dict[str, Family] = {
+    "grounding-dino": "grounding_dino",
+    "mm-grounding-dino": "grounding_dino",
+    "sam": "sam",
+    "sam2": "sam2",
+    "sam_hq": "sam_hq",
+    "clip": "clip",
+    "owlv2": "owlv2",
+    "sam3": "sam3",
+}
+SEGMENTER_FAMILIES: tuple[Family, ...] = ("sam", "sam2", "sam_hq")
 Role = Literal["detector", "segmenter"]
 
 WEIGHTS_ENV = "GROUNDED_SEG_WEIGHTS"
@@ -84,6 +97,61 @@ _MODELS: tuple[ModelSpec, ...] = (
         None,
         "428M",
         "CLIP ViT-L/14: scores region crops against the prompt (the CLIP route)",
+    ),
+    ModelSpec(
+        "mm-grounding-dino-tiny",
+        "detector",
+        "grounding_dino",
+        "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+        None,
+        "173M",
+        "MM-Grounding-DINO (open re-training of Grounding DINO), Swin-T; O365, GoldG, V3Det",
+    ),
+    ModelSpec(
+        "mm-grounding-dino-base",
+        "detector",
+        "grounding_dino",
+        "openmmlab-community/mm_grounding_dino_base_o365v1_goldg_v3det",
+        None,
+        "233M",
+        "MM-Grounding-DINO, Swin-B; O365, GoldG, V3Det",
+    ),
+    ModelSpec(
+        "mm-grounding-dino-large",
+        "detector",
+        "grounding_dino",
+        "openmmlab-community/mm_grounding_dino_large_o365v2_oiv6_goldg",
+        None,
+        "341M",
+        "MM-Grounding-DINO, Swin-L; O365v2, OpenImages v6, GoldG",
+    ),
+    ModelSpec(
+        "owlv2-base-patch16-ensemble",
+        "detector",
+        "owlv2",
+        "google/owlv2-base-patch16-ensemble",
+        None,
+        "155M",
+        "OWLv2 ViT-B/16: open-vocabulary boxes from CLIP-style class embeddings (the owlv2 route)",
+    ),
+    ModelSpec(
+        "owlv2-large-patch14-ensemble",
+        "detector",
+        "owlv2",
+        "google/owlv2-large-patch14-ensemble",
+        None,
+        "438M",
+        "OWLv2 ViT-L/14 (the owlv2 route)",
+    ),
+    ModelSpec(
+        "sam3",
+        "detector",
+        "sam3",
+        "facebook/sam3",
+        None,
+        "840M",
+        "SAM 3: every instance of a noun phrase, with boxes and masks (the sam3 route; gated on "
+        "the hub: request access on its page, then `hf download facebook/sam3`)",
     ),
     ModelSpec(
         "shapes-gdino",
@@ -144,6 +212,70 @@ _MODELS: tuple[ModelSpec, ...] = (
         None,
         "641M",
         "Segment Anything, ViT-H image encoder",
+    ),
+    ModelSpec(
+        "sam2.1-hiera-tiny",
+        "segmenter",
+        "sam2",
+        "facebook/sam2.1-hiera-tiny",
+        None,
+        "39M",
+        "SAM 2.1, Hiera-T image encoder (official sam2.1_hiera_tiny.pt loads too)",
+    ),
+    ModelSpec(
+        "sam2.1-hiera-small",
+        "segmenter",
+        "sam2",
+        "facebook/sam2.1-hiera-small",
+        None,
+        "46M",
+        "SAM 2.1, Hiera-S image encoder (official sam2.1_hiera_small.pt loads too)",
+    ),
+    ModelSpec(
+        "sam2.1-hiera-base-plus",
+        "segmenter",
+        "sam2",
+        "facebook/sam2.1-hiera-base-plus",
+        None,
+        "81M",
+        "SAM 2.1, Hiera-B+ image encoder (official sam2.1_hiera_base_plus.pt loads too)",
+    ),
+    ModelSpec(
+        "sam2.1-hiera-large",
+        "segmenter",
+        "sam2",
+        "facebook/sam2.1-hiera-large",
+        None,
+        "224M",
+        "SAM 2.1, Hiera-L image encoder (official sam2.1_hiera_large.pt loads too)",
+    ),
+    ModelSpec(
+        "sam-hq-vit-base",
+        "segmenter",
+        "sam_hq",
+        "syscv-community/sam-hq-vit-base",
+        None,
+        "95M",
+        "SAM-HQ, ViT-B: SAM with a high-quality output token for finer mask edges "
+        "(official sam_hq_vit_b.pth loads too)",
+    ),
+    ModelSpec(
+        "sam-hq-vit-large",
+        "segmenter",
+        "sam_hq",
+        "syscv-community/sam-hq-vit-large",
+        None,
+        "313M",
+        "SAM-HQ, ViT-L (official sam_hq_vit_l.pth loads too)",
+    ),
+    ModelSpec(
+        "sam-hq-vit-huge",
+        "segmenter",
+        "sam_hq",
+        "syscv-community/sam-hq-vit-huge",
+        None,
+        "643M",
+        "SAM-HQ, ViT-H (official sam_hq_vit_h.pth loads too)",
     ),
 )
 
@@ -256,7 +388,10 @@ def resolve_model(name_or_path: str | os.PathLike, role: Role) -> ModelSource:
     return ModelSource(text, None, spec)
 
 
-_ROLE_FAMILY = {"detector": "grounding_dino", "segmenter": "sam"}
+_ROLE_FAMILIES: dict[str, tuple[str, ...]] = {
+    "detector": ("grounding_dino",),
+    "segmenter": SEGMENTER_FAMILIES,
+}
 
 
 def _official_model_dir(path: Path, role: Role) -> Path:
@@ -268,10 +403,10 @@ def _official_model_dir(path: Path, role: Role) -> Path:
 
     folder = converted_model_dir(path)
     record = json.loads((folder / "grounded_seg.json").read_text())["converted_from"]
-    if record["family"] != _ROLE_FAMILY[role]:
+    if record["family"] not in _ROLE_FAMILIES[role]:
         raise InvalidWeightsError(
             f"{role}: {path} is an official {record['family']} {record['variant']} checkpoint; "
-            f"the {role} needs a {_ROLE_FAMILY[role]} one"
+            f"the {role} needs a {' or '.join(_ROLE_FAMILIES[role])} one"
         )
     return folder
 

@@ -13,6 +13,8 @@ from bert_vocab import write_bert_vocab
 from tiny_clip import save_tiny_clip
 from tiny_models import save_tiny_gdino, save_tiny_sam, write_vocab
 
+pytest_plugins = ("oracle_helpers",)  # the oracle_python fixture of the parity tests
+
 # In CI every test must run: a missing optional test input is a failure there, not a skip.
 STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

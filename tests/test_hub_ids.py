@@ -84,7 +84,7 @@ def test_a_hub_id_of_the_wrong_kind_of_model_is_refused(hub_cache):
         hub_cache, detector="test-owner/tiny-gdino@v1", segmenter="test-owner/tiny-gdino@v1"
     )
     assert got["error"] == "InvalidWeightsError"
-    assert "expected a 'sam' model, got model_type 'grounding-dino'" in got["message"]
+    assert "holds a grounding_dino model; expected a SAM, SAM 2.1 or SAM-HQ" in got["message"]
 
 
 def test_every_missing_model_is_named_at_once_offline(hub_cache):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import STRICT
+from oracle_helpers import run_oracle
 from PIL import Image
 
 from grounded_seg import GroundedSAM
@@ -42,8 +42,6 @@ from grounded_seg.proposers.fusion import FactoredBiAttention
 from grounded_seg.proposers.grounding_dino import GroundingDinoProposer
 from grounded_seg.segmenters.sam import SamSegmenter
 
-ORACLE_ENV = "GROUNDED_SEG_ORACLE_PYTHON"
-RUNNER = Path(__file__).parent / "oracle" / "official_runner.py"
 CAPTION = "black cat . dog"  # two phrases: the sub-sentence text mask is exercised
 SAM_BOXES = "[[30, 40, 300, 350], [200, 10, 590, 200], [5, 5, 100, 100]]"
 LOGIT_TOL = 1e-3  # the issue's tolerance on low-res mask logits
@@ -53,31 +51,6 @@ LOGIT_TOL = 1e-3  # the issue's tolerance on low-res mask logits
 MASK_FLIP_TOL = 1e-4
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def oracle_python() -> str:
-    path = os.environ.get(ORACLE_ENV, "")
-    if not path or not Path(path).is_file():
-        message = (
-            "the parity tests need the official packages' environment: run the tests with "
-            f"`bash scripts/test.sh`, which builds it once, or set {ORACLE_ENV} to its python "
-            "(`bash tests/oracle/make_env.sh DEST` builds one)"
-        )
-        if STRICT:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def run_oracle(python: str, *args: str) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("PYTHONPATH", None)  # the oracle must not see this environment's packages
-    done = subprocess.run(
-        [python, str(RUNNER), *args], env=env, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.fail(f"the oracle failed ({' '.join(args[:1])}):\n{done.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="module")

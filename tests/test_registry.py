@@ -18,12 +18,21 @@ def test_registry_names_and_roles():
     names = [spec.name for spec in list_models()]
     detectors = ["grounding-dino-tiny", "grounding-dino-base"]
     clips = ["clip-vit-base-patch32", "clip-vit-large-patch14"]
+    mm = ["mm-grounding-dino-tiny", "mm-grounding-dino-base", "mm-grounding-dino-large"]
+    owls = ["owlv2-base-patch16-ensemble", "owlv2-large-patch14-ensemble"]
     bundled = ["shapes-gdino", "shapes-clip", "shapes-sam"]
     sams = ["sam-vit-base", "sam-vit-large", "sam-vit-huge"]
-    assert names == [*detectors, *clips, *bundled, *sams]
-    assert [s.name for s in list_models("detector")] == [*detectors, *clips, *bundled[:2]]
+    sam2s = [f"sam2.1-hiera-{size}" for size in ("tiny", "small", "base-plus", "large")]
+    hqs = ["sam-hq-vit-base", "sam-hq-vit-large", "sam-hq-vit-huge"]
+    assert names == [*detectors, *clips, *mm, *owls, "sam3", *bundled, *sams, *sam2s, *hqs]
+    assert [s.name for s in list_models("detector")] == [
+        *detectors, *clips, *mm, *owls, "sam3", *bundled[:2]
+    ]  # fmt: skip
     assert [s.name for s in list_models() if s.hub_id is None] == bundled
-    assert {s.family for s in list_models()} == {"grounding_dino", "clip", "sam"}
+    assert {s.family for s in list_models()} == {
+        "grounding_dino", "clip", "owlv2", "sam3", "sam", "sam2", "sam_hq"
+    }  # fmt: skip
+    assert {s.family for s in list_models("segmenter")} == {"sam", "sam2", "sam_hq"}
     assert get_model_spec("sam-vit-huge").hub_id == "facebook/sam-vit-huge"
     assert get_model_spec("grounding-dino-tiny").hub_id == "IDEA-Research/grounding-dino-tiny"
     with pytest.raises(ValueError, match=r"role"):

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import InvalidWeightsError
 
-Family = Literal["grounding_dino", "sam"]
+Family = Literal["grounding_dino", "sam", "sam2", "sam_hq"]
 
 OFFICIAL_SUFFIXES = (".pth", ".pt")
 
@@ -99,6 +99,12 @@ def detect_checkpoint(
     state_dict: dict[str, torch.Tensor], where: str = "checkpoint"
 ) -> CheckpointKind:
     """Recognise the official model from its tensors alone; ``InvalidWeightsError`` otherwise."""
+    from .families import extra_families
+
+    for family in extra_families():  # SAM-HQ before SAM 1: it holds every SAM 1 tensor too
+        variant = family.detect(state_dict)
+        if variant is not None:
+            return CheckpointKind(family.family, variant)  # type: ignore[arg-type]
     if "image_encoder.patch_embed.proj.weight" in state_dict:
         width = int(state_dict["image_encoder.patch_embed.proj.weight"].shape[0])
         depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
@@ -118,9 +124,10 @@ def detect_checkpoint(
             "config.json instead."
         )
     raise InvalidWeightsError(
-        f"{where}: expected an official GroundingDINO (backbone.0.*, transformer.*, bert.*) or "
-        f"segment-anything (image_encoder.*, prompt_encoder.*, mask_decoder.*) checkpoint, got "
-        f"keys like {sample}.{hint}"
+        f"{where}: expected an official GroundingDINO (backbone.0.*, transformer.*, bert.*), "
+        f"segment-anything or SAM-HQ (image_encoder.*, prompt_encoder.*, mask_decoder.*) or "
+        f"SAM 2.1 (image_encoder.trunk.*, sam_mask_decoder.*) checkpoint, got keys like "
+        f"{sample}.{hint}"
     )
 
 
@@ -133,3 +140,19 @@ def is_official_checkpoint(path: str | os.PathLike) -> bool:
 def matches(patterns: tuple[tuple[str, str], ...], key: str) -> bool:
     """Whether ``key`` matches one of ``(pattern, reason)`` in full."""
     return any(re.fullmatch(pattern, key) for pattern, _ in patterns)
+
+
+def dropped_patterns(family: str) -> tuple[tuple[str, str], ...]:
+    """``(pattern, reason)`` of the official tensors of ``family`` left out on purpose."""
+    from .families import extra_family
+
+    extra = extra_family(family)
+    return extra.dropped if extra is not None else DROPPED[family]  # type: ignore[index]
+
+
+def no_counterpart_patterns(family: str) -> tuple[tuple[str, str], ...]:
+    """``(pattern, reason)`` of the model tensors of ``family`` with no official counterpart."""
+    from .families import extra_family
+
+    extra = extra_family(family)
+    return extra.no_counterpart if extra is not None else NO_OFFICIAL_COUNTERPART[family]  # type: ignore[index]

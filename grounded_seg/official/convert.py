@@ -22,12 +22,13 @@ from safetensors.torch import save_file
 
 from ..errors import InvalidWeightsError
 from .checkpoint import (
-    NO_OFFICIAL_COUNTERPART,
     CheckpointKind,
     detect_checkpoint,
     load_official_state_dict,
     matches,
+    no_counterpart_patterns,
 )
+from .families import extra_family
 from .keymap import map_state_dict
 
 logger = logging.getLogger(__name__)
@@ -117,20 +118,31 @@ def sam_config(sd: dict[str, torch.Tensor]) -> Any:
 
 
 def _expected_tensors(family: str, config: Any) -> dict[str, tuple[int, ...]]:
-    from transformers import GroundingDinoForObjectDetection, SamModel
+    import transformers
 
-    cls = GroundingDinoForObjectDetection if family == "grounding_dino" else SamModel
+    extra = extra_family(family)
+    name = (
+        extra.model_class
+        if extra is not None
+        else ("GroundingDinoForObjectDetection" if family == "grounding_dino" else "SamModel")
+    )
+    cls = getattr(transformers, name)
     with torch.device("meta"):
         model = cls(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _fill_missing(family: str, mapped: dict[str, torch.Tensor], expected: dict) -> list[str]:
-    """Set the model tensors with no official counterpart to a LayerNorm's identity."""
+    """Set the model tensors with no official counterpart to a LayerNorm's identity (or to what
+    the family's ``fill`` gives)."""
+    extra = extra_family(family)
     filled = []
     for key, shape in expected.items():
-        if key not in mapped and matches(NO_OFFICIAL_COUNTERPART[family], key):  # type: ignore[index]
-            mapped[key] = torch.ones(shape) if key.endswith("weight") else torch.zeros(shape)
+        if key not in mapped and matches(no_counterpart_patterns(family), key):
+            if extra is not None and extra.fill is not None:
+                mapped[key] = extra.fill(key, shape)
+            else:
+                mapped[key] = torch.ones(shape) if key.endswith("weight") else torch.zeros(shape)
             filled.append(key)
     return filled
 
@@ -140,11 +152,13 @@ def mapped_state_dict(
 ) -> tuple[CheckpointKind, Any, dict[str, torch.Tensor]]:
     """Recognise, configure and map an official state dict; checked against the model's tensors."""
     kind = detect_checkpoint(state_dict, where)
-    config = (
-        grounding_dino_config(state_dict)
-        if kind.family == "grounding_dino"
-        else sam_config(state_dict)
-    )
+    extra = extra_family(kind.family)
+    if extra is not None:
+        config = extra.config(state_dict)
+    elif kind.family == "grounding_dino":
+        config = grounding_dino_config(state_dict)
+    else:
+        config = sam_config(state_dict)
     mapped, dropped = map_state_dict(state_dict, kind.family)
     expected = _expected_tensors(kind.family, config)
     filled = _fill_missing(kind.family, mapped, expected)
@@ -200,6 +214,9 @@ def _load_tokenizer(tokenizer: str | os.PathLike | None) -> Any:
 
 
 def _processor_config(family: str) -> dict[str, Any]:
+    extra = extra_family(family)
+    if extra is not None:
+        return extra.processor_config()
     common = {
         "do_resize": True,
         "do_rescale": True,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidWeightsError
-from .checkpoint import DROPPED, Family, matches
+from .checkpoint import Family, dropped_patterns, matches
 
 
 @dataclass(frozen=True)
@@ -206,12 +206,20 @@ SAM_RULES: tuple[Rule, ...] = (
 RULES: dict[Family, tuple[Rule, ...]] = {"grounding_dino": GROUNDING_DINO_RULES, "sam": SAM_RULES}
 
 
+def rules_for(family: Family) -> tuple[Rule, ...]:
+    """The rename rules of ``family`` (Grounding DINO and SAM 1 here, the others in theirs)."""
+    from .families import extra_family
+
+    extra = extra_family(family)
+    return extra.rules if extra is not None else RULES[family]
+
+
 def rename(key: str, family: Family) -> tuple[tuple[str, ...], bool]:
     """The transformers keys an official tensor goes to, and whether it is split among them.
 
     Raises :class:`InvalidWeightsError` for a key no rule knows.
     """
-    for rule in RULES[family]:
+    for rule in rules_for(family):
         match = re.fullmatch(rule.pattern, key)
         if match is not None:
             return tuple(match.expand(target) for target in rule.targets), rule.split
@@ -222,10 +230,15 @@ def map_state_dict(
     source: dict[str, torch.Tensor], family: Family
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename (and split) every official tensor; also return the keys dropped on purpose."""
+    from .families import extra_family
+
+    extra = extra_family(family)
+    if extra is not None and extra.prepare is not None:
+        source = extra.prepare(source)
     mapped: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for key, tensor in source.items():
-        if matches(DROPPED[family], key):
+        if matches(dropped_patterns(family), key):
             dropped.append(key)
             continue
         targets, split = rename(key, family)
