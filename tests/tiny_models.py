@@ -93,6 +93,32 @@ def save_tiny_gdino(folder: Path, vocab_file: Path, seed: int = 0, num_queries: 
     return folder
 
 
+def save_tiny_mm_gdino(folder: Path, vocab_file: Path, seed: int = 0) -> Path:
+    """The tiny Grounding DINO's sizes as an MM-Grounding-DINO (``mm-grounding-dino``), with its
+    tokenizer and image processor."""
+    from transformers import (
+        GroundingDinoImageProcessorPil,
+        MMGroundingDinoConfig,
+        MMGroundingDinoForObjectDetection,
+    )
+
+    fields = tiny_gdino_config().to_dict()
+    for key in ("model_type", "architectures", "transformers_version"):
+        fields.pop(key, None)
+    torch.manual_seed(seed)
+    model = MMGroundingDinoForObjectDetection(MMGroundingDinoConfig(**fields)).eval()
+    with torch.no_grad():  # the contrastive head's bias and scale away from their init values
+        for name, parameter in model.named_parameters():
+            if "class_embed" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    model.save_pretrained(folder)
+    make_tokenizer(vocab_file).save_pretrained(folder)
+    GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(
+        folder
+    )
+    return folder
+
+
 def tiny_sam_config():
     from transformers import SamConfig
 

@@ -9,11 +9,12 @@ from torch import nn
 
 def replace_modules(
     model: nn.Module,
-    class_name: str,
+    class_name: str | tuple[str, ...],
     installed_type: type[nn.Module],
     make: Callable[[nn.Module], nn.Module],
 ) -> int:
-    """Replace every submodule of ``model`` whose class is named ``class_name`` by
+    """Replace every submodule of ``model`` whose class is named ``class_name`` (or one of the
+    names, for a module transformers carries under several model prefixes) by
     ``make(module)`` (same training mode), without descending into what is replaced or already
     installed (an ``installed_type``). Idempotent. Returns how many ``installed_type`` modules
     the model holds after the call."""
@@ -21,7 +22,7 @@ def replace_modules(
     for name, child in list(model.named_children()):
         if isinstance(child, installed_type):
             installed += 1
-        elif type(child).__name__ == class_name:
+        elif type(child).__name__ in ((class_name,) if isinstance(class_name, str) else class_name):
             replacement = make(child)
             replacement.train(child.training)
             setattr(model, name, replacement)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ._install import replace_modules
 
-ORIGINAL_CLASS_NAME = "GroundingDinoConvModel"
+ORIGINAL_CLASS_NAME = ("GroundingDinoConvModel", "MMGroundingDinoConvModel")  # same source
 
 _ACTIVE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "grounded_seg_backbone_cache", default=None

@@ -32,7 +32,9 @@ from torch.nn import functional
 
 from ._install import replace_modules
 
-ORIGINAL_CLASS_NAME = "GroundingDinoBiMultiHeadAttention"
+# MM-Grounding-DINO carries the same module under its own prefix (the same source, checked equal
+# to the stock module in tests/test_fusion.py)
+ORIGINAL_CLASS_NAME = ("GroundingDinoBiMultiHeadAttention", "MMGroundingDinoBiMultiHeadAttention")
 _PROJECTIONS = (
     "vision_proj",
     "text_proj",

@@ -43,6 +43,14 @@ from .fusion import install_factored_fusion
 
 logger = logging.getLogger(__name__)
 
+# the model types this proposer runs and their transformers classes: MM-Grounding-DINO (an open
+# re-training with a biased, scaled contrastive head and unshared decoder heads) has the same
+# inputs and outputs
+MODEL_CLASSES = {
+    "grounding-dino": "GroundingDinoForObjectDetection",
+    "mm-grounding-dino": "MMGroundingDinoForObjectDetection",
+}
+
 
 @dataclass
 class GroundingDinoImageState:
@@ -195,7 +203,8 @@ class GroundingDinoProposer:
         dtype: str | torch.dtype | None = None,
         nms_threshold: float | None = DEFAULT_NMS_THRESHOLD,
     ) -> GroundingDinoProposer:
-        """Load a registry name or a local folder (strict weights, clear errors).
+        """Load a registry name or a local folder (strict weights, clear errors): Grounding DINO
+        or MM-Grounding-DINO, whichever the folder's ``config.json`` holds.
 
         ``dtype`` bfloat16/float16 is the opt-in fast path: float32 weights, forward passes under
         autocast (see ``grounded_seg.devices.resolve_dtype`` for where each is allowed).
@@ -204,8 +213,8 @@ class GroundingDinoProposer:
         model, parts = load_pretrained(
             name_or_path,
             "detector",
-            "grounding-dino",
-            "GroundingDinoForObjectDetection",
+            tuple(MODEL_CLASSES),
+            MODEL_CLASSES,
             {"tokenizer": "AutoTokenizer", "image_processor": "AutoImageProcessor"},
             device,
         )
