@@ -78,7 +78,7 @@ def segment(
     *,
     proposer: str = "grounding_dino",
     detector: ModelRef | None = None,
-    segmenter: ModelRef = "sam-vit-base",
+    segmenter: ModelRef | None = None,
     box_threshold: float = 0.35,
     text_threshold: float = 0.25,
     max_detections: int | None = DEFAULT_MAX_DETECTIONS,
@@ -95,9 +95,11 @@ def segment(
     array in ``image_format`` order (``"BGR"`` for OpenCV arrays). ``prompt``: free text, dot-
     separated classes or a list of classes (see ``normalize_prompt``); an image of more than
     ``max_pixels`` pixels (default 100 million; ``None``: no limit) is refused before decoding.
-    ``proposer`` is the route from words to boxes, ``"grounding_dino"`` or ``"clip"``;
-    ``detector`` names its model (``None``: ``grounding-dino-tiny`` / ``clip-vit-base-patch32``)
-    and ``segmenter`` the SAM, as registry names or local folders; ``max_detections`` caps the
+    ``proposer`` is the route from words to boxes, ``"grounding_dino"`` (Grounding DINO or
+    MM-Grounding-DINO), ``"clip"``, ``"owlv2"`` or ``"sam3"``; ``detector`` names its model
+    (``None``: the route's default, see ``PROPOSERS``) and ``segmenter`` the SAM, SAM 2.1 or
+    SAM-HQ (``None``: ``sam-vit-base``, or SAM 3's own masks on the ``sam3`` route), as registry
+    names, local folders, official checkpoints or hub ids; ``max_detections`` caps the
     result (the best by score; ``None``: no cap); ``nms_threshold`` is the IoU above which a
     box is dropped for a better one of its class (``None``: the official, un-suppressed output;
     the default 0.5 was chosen on held-out scenes); ``device`` is ``None`` (auto: cuda, mps, cpu)

@@ -26,6 +26,18 @@ ModelRef = str | os.PathLike
 DEFAULT_MAX_DETECTIONS = 100
 """The most detections one ``predict`` returns by default (COCO's ``maxDets``)."""
 
+DEFAULT_SEGMENTER = "sam-vit-base"
+"""The segmenter when none is named, on every route but ``sam3`` (SAM 3 makes its own masks)."""
+
+
+def default_segmenter(proposer: str, detector: Any = None) -> str | None:
+    """The segmenter a route uses when none is named: ``None`` (the proposer's own masks) on the
+    ``sam3`` route or for a proposer object that returns masks (``returns_masks``), else
+    :data:`DEFAULT_SEGMENTER`."""
+    if proposer == "sam3" or getattr(detector, "returns_masks", False):
+        return None
+    return DEFAULT_SEGMENTER
+
 
 @dataclass
 class PreparedImage:
@@ -83,11 +95,15 @@ def build_detections(
 class GroundedSAM:
     """Text-prompted segmentation: Grounding DINO boxes prompt SAM masks.
 
-    ``proposer`` picks the route from words to boxes: ``"grounding_dino"`` (default: grounding)
-    or ``"clip"`` (SAM's candidate regions scored by CLIP). ``detector`` names that route's model
-    (``None``: ``grounding-dino-tiny`` or ``clip-vit-base-patch32``) and ``segmenter`` the SAM;
-    each is a registry name (see ``list_models()``), a local model folder, or a ready-made object
-    implementing ``BoxProposer`` / ``MaskSegmenter``. ``proposer_options`` go to the route's
+    ``proposer`` picks the route from words to boxes: ``"grounding_dino"`` (default: Grounding
+    DINO or MM-Grounding-DINO), ``"clip"`` (SAM's candidate regions scored by CLIP), ``"owlv2"``
+    or ``"sam3"`` (SAM 3 finds every instance and makes its masks itself). ``detector`` names
+    that route's model (``None``: the route's default in ``PROPOSERS``) and ``segmenter`` the
+    SAM, SAM 2.1 or SAM-HQ that masks the boxes (``None``: ``sam-vit-base``; on the ``sam3``
+    route none, and a named one masks SAM 3's boxes instead of SAM 3). Each is a registry name
+    (see ``list_models()``), a local model folder, an official checkpoint, a hub id, or a
+    ready-made object implementing ``BoxProposer`` / ``MaskSegmenter``; the class that runs a
+    folder comes from its ``config.json``. ``proposer_options`` go to the route's
     proposer, e.g. ``{"auto_config": AutoMaskConfig(points_per_side=32)}`` for the CLIP route.
     ``compile=True`` compiles SAM's image encoder with ``torch.compile`` (opt-in; see
     ``SamSegmenter.from_pretrained``): worth it for many images, with ``dtype="bfloat16"``.
@@ -109,7 +125,7 @@ class GroundedSAM:
     def __init__(
         self,
         detector: ModelRef | BoxProposer | None = None,
-        segmenter: ModelRef | MaskSegmenter = "sam-vit-base",
+        segmenter: ModelRef | MaskSegmenter | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         *,
@@ -132,6 +148,11 @@ class GroundedSAM:
             raise TypeError(f"compile: expected True or False, got {compile!r}")
         if detector is None:
             detector = PROPOSERS[proposer]
+        options = dict(proposer_options or {})
+        if segmenter is None:
+            segmenter = default_segmenter(proposer, detector)
+        elif proposer == "sam3" and isinstance(detector, (str, os.PathLike)):
+            options.setdefault("return_masks", False)  # boxes only: the named segmenter masks them
         resolve_device(device)  # a device this machine lacks fails now, not after loading
         # every model by name is checked before any loads: all missing ones named at once
         named = ((detector, "detector"), (segmenter, "segmenter"))
@@ -148,18 +169,19 @@ class GroundedSAM:
                 )
         if isinstance(segmenter, (str, os.PathLike)):
             segmenter = load_segmenter(segmenter, device=device, dtype=dtype, compile=compile)
+        elif segmenter is None and compile:
+            raise ValueError(f"compile: the {proposer!r} route runs no segmenter to compile")
         elif compile:
             raise ValueError(
                 "compile applies when the segmenter is loaded by name or path; pass "
                 "SamSegmenter.from_pretrained(..., compile=True) instead"
             )
-        elif not isinstance(segmenter, MaskSegmenter):
+        elif segmenter is not None and not isinstance(segmenter, MaskSegmenter):
             raise TypeError(
                 f"segmenter: expected a model name, a path or a MaskSegmenter, got "
                 f"{type(segmenter).__name__}"
             )
-        options = dict(proposer_options or {})
-        if options and not isinstance(detector, (str, os.PathLike)):
+        if proposer_options and not isinstance(detector, (str, os.PathLike)):
             raise ValueError("proposer_options apply when the detector is loaded by name or path")
         if isinstance(detector, (str, os.PathLike)):
             if proposer == "clip":
@@ -185,7 +207,8 @@ class GroundedSAM:
                 f"{type(detector).__name__}"
             )
         self.proposer: BoxProposer = detector
-        self.segmenter: MaskSegmenter = segmenter
+        # None on the sam3 route: SAM 3's proposals carry their masks
+        self.segmenter: MaskSegmenter | None = segmenter
         self._image: np.ndarray | None = None
         self._proposer_state: Any = None
         self._segmenter_state: Any = None
@@ -221,6 +244,14 @@ class GroundedSAM:
     def image_size(self) -> tuple[int, int]:
         """``(height, width)`` of the current image; ``RuntimeError`` if none is set."""
         return self._require_image().shape[:2]
+
+    def _require_segmenter(self) -> MaskSegmenter:
+        if self.segmenter is None:
+            raise RuntimeError(
+                f"the proposer {type(self.proposer).__name__} returned boxes without masks and "
+                "this GroundedSAM has no segmenter: pass segmenter= (e.g. 'sam-vit-base')"
+            )
+        return self.segmenter
 
     def _require_image(self) -> np.ndarray:
         if self._image is None:
@@ -264,7 +295,7 @@ class GroundedSAM:
             max_detections=max_detections,
         ).top(max_detections)  # whatever a third-party proposer returns
         if len(proposals) and proposals.masks is None and self._segmenter_state is None:
-            self._segmenter_state = self.segmenter.encode_image(image)
+            self._segmenter_state = self._require_segmenter().encode_image(image)
         return self._detections(image, proposals, self._segmenter_state, normalized, box_threshold)
 
     def explain(
@@ -314,7 +345,7 @@ class GroundedSAM:
         rgb = load_image(image, image_format=image_format, max_pixels=max_pixels)
         proposer_state = self.proposer.encode_image(rgb)
         segmenter_state = getattr(proposer_state, "segmenter_state", None)
-        if segmenter_state is None:
+        if segmenter_state is None and self.segmenter is not None:
             segmenter_state = self.segmenter.encode_image(rgb)
         return PreparedImage(rgb, proposer_state, segmenter_state)
 
@@ -410,7 +441,8 @@ class GroundedSAM:
         elif proposals.masks is not None:  # the proposer's regions are SAM masks already
             masks, mask_scores = proposals.masks, proposals.mask_scores
         else:
-            masks, mask_scores = self.segmenter.segment(segmenter_state, proposals.xyxy)
+            segmenter = self._require_segmenter()
+            masks, mask_scores = segmenter.segment(segmenter_state, proposals.xyxy)
         detections = build_detections(proposals, masks, mask_scores, prompt.classes, height, width)
         # why there is little or nothing: the best score seen, the words the model cannot read
         detections.metadata.update(

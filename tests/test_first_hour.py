@@ -57,7 +57,7 @@ def test_help_shows_the_defaults(capsys, monkeypatch):
         "(default: 0.25)",
         "(default: 100)",
         "(default: 0.5)",
-        "(default: sam-vit-base)",
+        "(default: sam-vit-base;",
         "(default: auto)",
         "(default: 100000000)",
     ):

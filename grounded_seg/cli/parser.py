@@ -7,7 +7,7 @@ import argparse
 from ..images import DEFAULT_MAX_PIXELS
 from ..serve.settings import DEFAULT_SERVE_MAX_PIXELS
 
-ROUTES = ("grounding_dino", "clip")
+ROUTES = ("grounding_dino", "clip", "owlv2", "sam3")
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -32,11 +32,15 @@ def _models(subparser: argparse.ArgumentParser, detector_help: str) -> None:
         "--proposer",
         choices=ROUTES,
         default="grounding_dino",
-        help="words -> boxes: Grounding DINO, or SAM's regions scored by CLIP",
+        help="words -> boxes: Grounding DINO (or MM-Grounding-DINO), SAM's regions scored by "
+        "CLIP, OWLv2, or SAM 3 (boxes and masks)",
     )
     subparser.add_argument("--detector", default=None, help=detector_help)
     subparser.add_argument(
-        "--segmenter", default="sam-vit-base", help="registry name, folder or hub id"
+        "--segmenter",
+        default=None,
+        help="SAM, SAM 2.1 or SAM-HQ: registry name, folder, official checkpoint or hub id "
+        "(default: sam-vit-base; on the sam3 route none, SAM 3 makes the masks)",
     )
     subparser.add_argument(
         "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
@@ -106,7 +110,8 @@ def _iou_or_none(text: str) -> float | None:
 
 DETECTOR_HELP = (
     "the route's model: registry name, folder or hub id (owner/name[@revision]); when not "
-    "given, grounding-dino-tiny, or clip-vit-base-patch32 with --proposer clip"
+    "given, the route's default: grounding-dino-tiny, clip-vit-base-patch32, "
+    "owlv2-base-patch16-ensemble or sam3"
 )
 
 

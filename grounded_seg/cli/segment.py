@@ -16,6 +16,7 @@ from ..export import (
     owned_files,
 )
 from ..outputs import check_output, image_format, image_writer, write_all
+from ..predictor import default_segmenter
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -94,7 +95,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "classes": list(prompt.classes),
             "proposer": args.proposer,
             "detector": str(args.detector or PROPOSERS[args.proposer]),
-            "segmenter": str(args.segmenter),
+            "segmenter": args.segmenter or default_segmenter(args.proposer),
             "seconds": round(seconds, 3),
             "detections": detections_to_json(detections, mask_files, rle=True),
         }

@@ -48,7 +48,7 @@ def edit(
     text: str | None = None,
     dilate: int | None = None,
     detector: str | os.PathLike | None = None,
-    segmenter: str | os.PathLike = "sam-vit-base",
+    segmenter: str | os.PathLike | None = None,
     proposer: str = "grounding_dino",
     box_threshold: float = 0.35,
     text_threshold: float = 0.25,

@@ -24,7 +24,7 @@ from ..devices import resolve_device
 from ..errors import OutputError
 from ..images import DEFAULT_MAX_PIXELS
 from ..outputs import atomic_write, bytes_writer
-from ..predictor import DEFAULT_MAX_DETECTIONS, GroundedSAM, ModelRef
+from ..predictor import DEFAULT_MAX_DETECTIONS, GroundedSAM, ModelRef, default_segmenter
 from ..progress import format_seconds
 from ..prompts import PromptInput
 from ..proposers import PROPOSERS
@@ -284,7 +284,7 @@ def label_images(
     format: str = "coco",
     proposer: str = "grounding_dino",
     detector: ModelRef | None = None,
-    segmenter: ModelRef = "sam-vit-base",
+    segmenter: ModelRef | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     box_threshold: float = 0.35,
@@ -342,6 +342,8 @@ def label_images(
     nms_threshold = check_nms_threshold(nms_threshold)
     ontology = resolve_ontology(prompt)
     is_folder = isinstance(images, (str, os.PathLike)) and Path(images).expanduser().is_dir()
+    if segmenter is None:  # the route's: sam-vit-base, or SAM 3's own masks
+        segmenter = default_segmenter(proposer)
     image_set = collect_images(images)
     out = Path(out_dir).expanduser()
     _check_out_dir(out, image_set, is_folder)
@@ -352,11 +354,12 @@ def label_images(
         require_ray()  # before anything is written or loaded
     else:  # every model present (or downloadable) before anything is written; on Ray the
         # actors' nodes resolve them
-        require_models([(detector or PROPOSERS[proposer], "detector"), (segmenter, "segmenter")])
+        named = [(detector or PROPOSERS[proposer], "detector"), (segmenter, "segmenter")]
+        require_models([(model, role) for model, role in named if model is not None])
     options = {
         "proposer": proposer,
         "detector": None if detector is None else os.fspath(detector),
-        "segmenter": os.fspath(segmenter),
+        "segmenter": None if segmenter is None else os.fspath(segmenter),
         "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
         "box_threshold": box_threshold,
         "text_threshold": text_threshold,

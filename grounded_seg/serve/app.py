@@ -194,12 +194,13 @@ def create_app(settings: ServeSettings | None = None, predictor: BatchPredictor 
     @app.get("/v1/models", dependencies=guarded)
     async def models() -> dict[str, Any]:
         """The models the service runs (fixed when it started) and its limits."""
+        from ..predictor import default_segmenter
         from ..proposers import PROPOSERS
 
         return {
             "proposer": settings.proposer,
             "detector": settings.detector or PROPOSERS[settings.proposer],
-            "segmenter": settings.segmenter,
+            "segmenter": settings.segmenter or default_segmenter(settings.proposer),
             "device": settings.device or "auto",
             "dtype": settings.dtype or "float32",
             "status": service.status,

@@ -17,8 +17,8 @@ Checked from the file's header before any decoding (see ``grounded_seg.images``)
 class ServeSettings:
     """The service's configuration, checked when made (``ValueError``/``TypeError``).
 
-    Models: ``detector``, ``segmenter`` (registry names, folders or hub ids; ``detector=None``
-    is the route's default), ``proposer`` (``"grounding_dino"`` or ``"clip"``), ``device``,
+    Models: ``detector``, ``segmenter`` (registry names, folders or hub ids; ``None`` is the
+    route's default), ``proposer`` (a key of ``PROPOSERS``), ``device``,
     ``dtype``; loaded once, when the service starts, and never from a request.
 
     Batching: concurrent requests with the same prompt, thresholds and image size are answered
@@ -34,7 +34,7 @@ class ServeSettings:
     """
 
     detector: str | None = None
-    segmenter: str = "sam-vit-base"
+    segmenter: str | None = None
     proposer: str = "grounding_dino"
     device: str | None = None
     dtype: str | None = None

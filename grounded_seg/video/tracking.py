@@ -46,7 +46,7 @@ def track(
     tracker: str = "bytetrack",
     every: int = 1,
     detector: str | os.PathLike | None = None,
-    segmenter: str | os.PathLike = "sam-vit-base",
+    segmenter: str | os.PathLike | None = None,
     proposer: str = "grounding_dino",
     box_threshold: float = 0.35,
     low_threshold: float = 0.1,
