@@ -62,8 +62,14 @@ def how_to_get(source: ModelSource) -> str:
         if source.spec is None:  # a hub id passed as such: the Hugging Face cache
             return f"download it once with `hf download {source.hub_id}{revision}`, then run again"
         target = weights_dirs()[0] / source.spec.name
+        access = (
+            f"request access on https://huggingface.co/{source.hub_id} and log in with "
+            "`hf auth login`, then "
+            if source.spec.gated
+            else ""
+        )
         return (
-            f"download them once with `hf download {source.hub_id}{revision} --local-dir "
+            f"{access}download them once with `hf download {source.hub_id}{revision} --local-dir "
             f"{target}` (or run online once: they are cached), then run again"
         )
     if source.spec is None:

@@ -39,6 +39,7 @@ MODEL_TYPE_FAMILY: dict[str, Family] = {
     "clip": "clip",
     "owlv2": "owlv2",
     "sam3": "sam3",
+    "sam3_video": "sam3",  # the hub folder of facebook/sam3 (image and video model in one)
 }
 SEGMENTER_FAMILIES: tuple[Family, ...] = ("sam", "sam2", "sam_hq")
 Role = Literal["detector", "segmenter"]
@@ -59,6 +60,7 @@ class ModelSpec:
     description: str
     bundled: str | None = None  # folder under weights/ for models the project trains and ships
     reproduce: str | None = None  # the command that trains a bundled model again
+    gated: bool = False  # the hub asks for access first (on the model's page)
 
 
 _MODELS: tuple[ModelSpec, ...] = (
@@ -152,6 +154,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         "840M",
         "SAM 3: every instance of a noun phrase, with boxes and masks (the sam3 route; gated on "
         "the hub: request access on its page, then `hf download facebook/sam3`)",
+        gated=True,
     ),
     ModelSpec(
         "shapes-gdino",
