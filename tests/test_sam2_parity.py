@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from oracle_helpers import ORACLE_DIR, run_oracle
+from oracle_helpers import LOGIT_TOL, ORACLE_DIR, assert_masks_match, max_diff, run_oracle
 from PIL import Image
-from test_official_parity import LOGIT_TOL, assert_masks_match, max_diff
 
 from grounded_seg import GroundedSAM
 from grounded_seg.errors import InvalidWeightsError
