@@ -106,7 +106,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         "grounding_dino",
         "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
         None,
-        "173M",
+        "172M",
         "MM-Grounding-DINO (open re-training of Grounding DINO), Swin-T; O365, GoldG, V3Det",
     ),
     ModelSpec(
@@ -115,7 +115,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         "grounding_dino",
         "openmmlab-community/mm_grounding_dino_base_o365v1_goldg_v3det",
         None,
-        "233M",
+        "232M",
         "MM-Grounding-DINO, Swin-B; O365, GoldG, V3Det",
     ),
     ModelSpec(
@@ -124,7 +124,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         "grounding_dino",
         "openmmlab-community/mm_grounding_dino_large_o365v2_oiv6_goldg",
         None,
-        "341M",
+        "342M",
         "MM-Grounding-DINO, Swin-L; O365v2, OpenImages v6, GoldG",
     ),
     ModelSpec(
@@ -222,8 +222,9 @@ _MODELS: tuple[ModelSpec, ...] = (
         "sam2",
         "facebook/sam2.1-hiera-tiny",
         None,
-        "39M",
-        "SAM 2.1, Hiera-T image encoder (official sam2.1_hiera_tiny.pt loads too)",
+        "31M",
+        "SAM 2.1, Hiera-T image encoder (image model: the official count adds the video "
+        "memory); official sam2.1_hiera_tiny.pt loads too",
     ),
     ModelSpec(
         "sam2.1-hiera-small",
@@ -231,8 +232,9 @@ _MODELS: tuple[ModelSpec, ...] = (
         "sam2",
         "facebook/sam2.1-hiera-small",
         None,
-        "46M",
-        "SAM 2.1, Hiera-S image encoder (official sam2.1_hiera_small.pt loads too)",
+        "39M",
+        "SAM 2.1, Hiera-S image encoder (image model: the official count adds the video "
+        "memory); official sam2.1_hiera_small.pt loads too",
     ),
     ModelSpec(
         "sam2.1-hiera-base-plus",
@@ -240,8 +242,9 @@ _MODELS: tuple[ModelSpec, ...] = (
         "sam2",
         "facebook/sam2.1-hiera-base-plus",
         None,
-        "81M",
-        "SAM 2.1, Hiera-B+ image encoder (official sam2.1_hiera_base_plus.pt loads too)",
+        "73M",
+        "SAM 2.1, Hiera-B+ image encoder (image model: the official count adds the video "
+        "memory); official sam2.1_hiera_base_plus.pt loads too",
     ),
     ModelSpec(
         "sam2.1-hiera-large",
@@ -249,8 +252,9 @@ _MODELS: tuple[ModelSpec, ...] = (
         "sam2",
         "facebook/sam2.1-hiera-large",
         None,
-        "224M",
-        "SAM 2.1, Hiera-L image encoder (official sam2.1_hiera_large.pt loads too)",
+        "217M",
+        "SAM 2.1, Hiera-L image encoder (image model: the official count adds the video "
+        "memory); official sam2.1_hiera_large.pt loads too",
     ),
     ModelSpec(
         "sam-hq-vit-base",
@@ -268,7 +272,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         "sam_hq",
         "syscv-community/sam-hq-vit-large",
         None,
-        "313M",
+        "314M",
         "SAM-HQ, ViT-L (official sam_hq_vit_l.pth loads too)",
     ),
     ModelSpec(

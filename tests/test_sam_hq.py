@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_sam_hq import save_tiny_sam_hq
 
 from grounded_seg import GroundedSAM
 from grounded_seg.errors import InvalidWeightsError
@@ -18,53 +19,6 @@ from grounded_seg.segmenters.sam_auto import generate_candidates
 from grounded_seg.segmenters.sam_hq import SamHQImageState, SamHQSegmenter, decode_boxes
 
 BOXES = np.array([[50, 30, 450, 270], [0, 0, 120, 300], [300, 100, 499, 299]], np.float32)
-
-
-def tiny_sam_hq_config():
-    """tests/tiny_models.py's tiny SAM as a SAM-HQ, with three ViT blocks of which two attend
-    globally (1 and 2): the HQ path must read the first of them."""
-    from transformers import SamHQConfig
-
-    return SamHQConfig(
-        vision_config=dict(
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            image_size=256,
-            patch_size=16,
-            output_channels=32,
-            global_attn_indexes=[1, 2],
-            window_size=4,
-            mlp_dim=64,
-            num_pos_feats=16,
-        ),
-        prompt_encoder_config=dict(hidden_size=32, image_size=256, patch_size=16),
-        mask_decoder_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            mlp_dim=64,
-            iou_head_hidden_dim=32,
-            vit_dim=32,
-        ),
-    )
-
-
-def save_tiny_sam_hq(folder: Path, seed: int = 0) -> Path:
-    """A 0.5M-parameter SAM-HQ at 256 x 256 (16 x 16 embedding, 64 x 64 low-res masks); every
-    parameter perturbed so that no HQ block is the identity or zero."""
-    from transformers import SamHQModel, SamImageProcessorPil
-
-    torch.manual_seed(seed)
-    model = SamHQModel(tiny_sam_hq_config()).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    model.save_pretrained(folder)
-    SamImageProcessorPil(
-        size={"longest_edge": 256}, pad_size={"height": 256, "width": 256}
-    ).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -93,9 +93,12 @@ def save_tiny_gdino(folder: Path, vocab_file: Path, seed: int = 0, num_queries: 
     return folder
 
 
-def save_tiny_mm_gdino(folder: Path, vocab_file: Path, seed: int = 0) -> Path:
+def save_tiny_mm_gdino(
+    folder: Path, vocab_file: Path, seed: int = 0, shortest_edge: int = 64
+) -> Path:
     """The tiny Grounding DINO's sizes as an MM-Grounding-DINO (``mm-grounding-dino``), with its
-    tokenizer and image processor."""
+    tokenizer and image processor (short side ``shortest_edge``; at 64 a square image's extra
+    feature level is 1 x 1: one value per GroupNorm group of the tiny width, refused by torch)."""
     from transformers import (
         GroundingDinoImageProcessorPil,
         MMGroundingDinoConfig,
@@ -113,9 +116,8 @@ def save_tiny_mm_gdino(folder: Path, vocab_file: Path, seed: int = 0) -> Path:
                 parameter.add_(torch.randn_like(parameter) * 0.1)
     model.save_pretrained(folder)
     make_tokenizer(vocab_file).save_pretrained(folder)
-    GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(
-        folder
-    )
+    size = {"shortest_edge": shortest_edge, "longest_edge": shortest_edge * 3 // 2}
+    GroundingDinoImageProcessorPil(size=size).save_pretrained(folder)
     return folder
 
 

@@ -151,8 +151,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    print(f"{'name':<22} {'role':<10} {'params':>7}  {'hub id':<36} description")
-    for spec in list_models(args.role):
-        where = spec.hub_id or f"weights/{spec.bundled} (bundled)"
-        print(f"{spec.name:<22} {spec.role:<10} {spec.params:>7}  {where:<36} {spec.description}")
+    specs = list_models(args.role)
+    wheres = [spec.hub_id or f"weights/{spec.bundled} (bundled)" for spec in specs]
+    name_w = max(len("name"), *(len(spec.name) for spec in specs))
+    where_w = max(len("hub id"), *(len(where) for where in wheres))
+    print(f"{'name':<{name_w}} {'role':<10} {'family':<14} {'params':>7}  {'hub id':<{where_w}} "
+          "description")  # fmt: skip
+    for spec, where in zip(specs, wheres, strict=True):
+        print(f"{spec.name:<{name_w}} {spec.role:<10} {spec.family:<14} {spec.params:>7}  "
+              f"{where:<{where_w}} {spec.description}")  # fmt: skip
     return 0
