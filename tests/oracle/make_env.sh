@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Build the oracle environment: the official GroundingDINO, segment-anything, SAM-HQ and SAM 2.1
-# packages, unchanged,
-# on the stack they run on (torch + torchvision, transformers 4.x). Used by the parity tests
-# (.ci/run) and by the reference side of benchmarks/vs_reference.py.
+# packages, unchanged, on the stack they run on (torch + torchvision, transformers 4.x). Used by
+# the parity tests (.ci/run) and by the reference side of benchmarks/vs_reference.py.
 #
 #   bash tests/oracle/make_env.sh DEST     # then DEST/bin/python is the oracle's python
 #
