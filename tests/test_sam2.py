@@ -117,6 +117,15 @@ def test_chunks_of_boxes_give_the_same_answer(tiny_sam2_dir, segmenter, image):
     np.testing.assert_allclose(scores, whole_scores, atol=1e-6)
 
 
+def test_boxes_given_as_a_reversed_view_are_read_as_given(segmenter, image):
+    """A view with negative strides (``boxes[::-1]``): the masks come in the view's order."""
+    state = segmenter.encode_image(image)
+    masks, scores = segmenter.segment(state, BOXES)
+    reversed_masks, reversed_scores = segmenter.segment(state, BOXES[::-1])
+    np.testing.assert_array_equal(reversed_masks, masks[::-1])
+    np.testing.assert_allclose(reversed_scores, scores[::-1], atol=1e-6)
+
+
 def test_encoder_runs_once_per_image(segmenter, image):
     state = segmenter.encode_image(image)
     assert segmenter.encoder_calls == 0  # encode_image is cheap

@@ -122,7 +122,8 @@ def scale_boxes(boxes_xyxy: np.ndarray, original_size: tuple[int, int], size: in
     float32 and in that order, as ``SAM2Transforms.transform_boxes(normalize=True)`` does.
     """
     height, width = original_size
-    coords = torch.as_tensor(np.asarray(boxes_xyxy, np.float32)).reshape(-1, 2, 2).clone()
+    # a copy: the caller's array may be a view with negative strides (boxes[::-1])
+    coords = torch.tensor(np.array(boxes_xyxy, np.float32)).reshape(-1, 2, 2)
     coords[..., 0] = coords[..., 0] / width
     coords[..., 1] = coords[..., 1] / height
     return (coords * size).reshape(-1, 4)
