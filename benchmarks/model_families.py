@@ -300,7 +300,7 @@ def main() -> int:
         "3-class prompt for a detector); median of "
         f"{args.repeats} in a fresh process per model; FLOPs by torch.utils.flop_counter; peak "
         "RSS above the process before loading",
-        f"- command: `python benchmarks/model_families.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- command: `{' '.join(['python benchmarks/model_families.py', *sys.argv[1:]])}`",
         "",
         "| model | role | parameters | image s | prompt s | image GFLOPs | prompt GFLOPs "
         "| peak MiB |",

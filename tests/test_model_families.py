@@ -142,3 +142,40 @@ def test_models_lists_every_family_with_its_hub_id(capsys):
         (line,) = [line for line in out.splitlines() if line.split()[0] == name]
         assert hub in line.split()
     assert np.all([len(line.split()) > 4 for line in out.splitlines()[1:]])
+
+
+NEW_NAMES = {  # tiny folder -> the registry names it stands in for, and the class each loads
+    "mm": (["mm-grounding-dino-tiny", "mm-grounding-dino-base", "mm-grounding-dino-large"],
+           "MMGroundingDinoForObjectDetection"),
+    "owlv2": (["owlv2-base-patch16-ensemble", "owlv2-large-patch14-ensemble"],
+              "Owlv2ForObjectDetection"),
+    "sam3": (["sam3"], "Sam3Model"),
+    "sam2": ([f"sam2.1-hiera-{s}" for s in ("tiny", "small", "base-plus", "large")], "Sam2Model"),
+    "hq": (["sam-hq-vit-base", "sam-hq-vit-large", "sam-hq-vit-huge"], "SamHQModel"),
+}  # fmt: skip
+
+
+def test_every_new_name_resolves_offline_from_its_weights_folder(folders, tmp_path, monkeypatch):
+    from grounded_seg.proposers import proposer_class
+    from grounded_seg.registry import get_model_spec, resolve_model
+    from grounded_seg.segmenters import load_segmenter
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for key, (names, _) in NEW_NAMES.items():
+        for name in names:
+            (weights / name).symlink_to(folders[key], target_is_directory=True)
+    monkeypatch.setenv("GROUNDED_SEG_WEIGHTS", str(weights))
+    for names, model_class in NEW_NAMES.values():
+        for name in names:
+            spec = get_model_spec(name)
+            assert resolve_model(name, spec.role).local_dir == weights / name
+            if spec.role == "segmenter":
+                loaded = load_segmenter(name, device="cpu")
+            else:
+                loaded = proposer_class(spec.family).from_pretrained(name, device="cpu")
+            assert type(loaded.model).__name__ == model_class, name
+    # and by name through the pipeline, each route's default detector
+    for proposer in ("owlv2", "sam3"):
+        gs = grounded_seg.GroundedSAM(proposer=proposer, segmenter="sam2.1-hiera-tiny")
+        assert type(gs.segmenter).__name__ == "Sam2Segmenter"
