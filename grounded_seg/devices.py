@@ -114,3 +114,24 @@ def autocast(
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class ModelHolder:
+    """What every model wrapper (proposer, segmenter) shares: the ``device`` and ``dtype`` of its
+    ``self.model``'s weights, and ``autocast()``, the context its forward passes run in (autocast
+    for a half ``self.compute_dtype``, else nothing)."""
+
+    model: torch.nn.Module
+    compute_dtype: torch.dtype | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The context the model runs in: autocast for a half ``compute_dtype``, else nothing."""
+        return autocast(self.device, self.compute_dtype)

@@ -141,7 +141,6 @@ class GroundedSAM:
         from .registry import list_models
         from .segmenters import load_segmenter
         from .segmenters.sam import SamSegmenter
-        from .segmenters.sam_hq import SamHQSegmenter
 
         if proposer not in PROPOSERS:
             raise ValueError(f"proposer: expected one of {sorted(PROPOSERS)}, got {proposer!r}")
@@ -186,7 +185,7 @@ class GroundedSAM:
             raise ValueError("proposer_options apply when the detector is loaded by name or path")
         if isinstance(detector, (str, os.PathLike)):
             if proposer == "clip":
-                if not isinstance(segmenter, SamSegmenter) or isinstance(segmenter, SamHQSegmenter):
+                if not isinstance(segmenter, SamSegmenter):
                     raise TypeError(
                         "the CLIP route makes its candidates with SAM's point grid: expected a "
                         f"SamSegmenter, got {type(segmenter).__name__}"

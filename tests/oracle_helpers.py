@@ -23,6 +23,9 @@ LOGIT_TOL = 1e-3  # the issue's tolerance on low-res mask logits
 # close to 0 (measured: every differing pixel has |logit| < 1e-5). Beyond this, masks are identical.
 MASK_FLIP_TOL = 1e-4
 
+PARITY_BOXES = [[30, 40, 300, 350], [200, 10, 590, 200], [5, 5, 100, 100]]
+"""Box prompts (xyxy pixels of the parity image) shared by the segmenter parity tests."""
+
 ORACLE_DIR = Path(__file__).parent / "oracle"
 RUNNER = ORACLE_DIR / "official_runner.py"
 
@@ -39,6 +42,18 @@ def oracle_python() -> str:
         if STRICT:
             pytest.fail(message)
         pytest.skip(message)
+    return path
+
+
+def write_parity_image(folder: Path) -> Path:
+    """``folder/image.png``: a 400 x 600 RGB image of smooth random colour, the parity tests'
+    input (resized to 800 x 1200 by Grounding DINO, 683 x 1024 by SAM, 1024 x 1024 by SAM 2)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    small = (rng.random((48, 72, 3)) * 255).astype(np.uint8)
+    path = Path(folder) / "image.png"
+    Image.fromarray(small).resize((600, 400), Image.Resampling.BILINEAR).save(path)
     return path
 
 

@@ -227,7 +227,8 @@ def test_auto_config_validation():
 
 
 def test_unknown_route_is_refused():
-    with pytest.raises(ValueError, match=r"proposer: expected one of \['clip', 'grounding_dino'\]"):
+    expected = r"proposer: expected one of \['clip', 'grounding_dino', 'owlv2', 'sam3'\]"
+    with pytest.raises(ValueError, match=expected):
         GroundedSAM(detector=None, segmenter="/nonexistent", proposer="owl")
 
 

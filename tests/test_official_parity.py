@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from oracle_helpers import LOGIT_TOL, assert_masks_match, max_diff, run_oracle
+from oracle_helpers import (
+    LOGIT_TOL,
+    PARITY_BOXES,
+    assert_masks_match,
+    max_diff,
+    run_oracle,
+    write_parity_image,
+)
 from PIL import Image
 
 from grounded_seg import GroundedSAM
@@ -43,7 +50,7 @@ from grounded_seg.proposers.grounding_dino import GroundingDinoProposer
 from grounded_seg.segmenters.sam import SamSegmenter
 
 CAPTION = "black cat . dog"  # two phrases: the sub-sentence text mask is exercised
-SAM_BOXES = "[[30, 40, 300, 350], [200, 10, 590, 200], [5, 5, 100, 100]]"
+SAM_BOXES = json.dumps(PARITY_BOXES)
 pytestmark = pytest.mark.slow
 
 
@@ -54,12 +61,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def image_path(work) -> Path:
-    """A 400 x 600 RGB image of smooth random colour (resized to 800 x 1200 / 683 x 1024)."""
-    rng = np.random.default_rng(0)
-    small = (rng.random((48, 72, 3)) * 255).astype(np.uint8)
-    path = work / "image.png"
-    Image.fromarray(small).resize((600, 400), Image.Resampling.BILINEAR).save(path)
-    return path
+    return write_parity_image(work)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from oracle_helpers import LOGIT_TOL, ORACLE_DIR, assert_masks_match, max_diff, run_oracle
+from oracle_helpers import (
+    LOGIT_TOL,
+    ORACLE_DIR,
+    PARITY_BOXES,
+    assert_masks_match,
+    max_diff,
+    run_oracle,
+    write_parity_image,
+)
 from PIL import Image
 
 from grounded_seg import GroundedSAM
@@ -33,7 +41,7 @@ from grounded_seg.segmenters import load_segmenter
 from grounded_seg.segmenters.sam2 import Sam2Segmenter, scale_boxes
 
 RUNNER = ORACLE_DIR / "sam2_runner.py"
-BOXES = [[30, 40, 300, 350], [200, 10, 590, 200], [5, 5, 100, 100]]
+BOXES = PARITY_BOXES
 VARIANTS = {
     "sam2.1_hiera_t.yaml": "hiera-t",
     "sam2.1_hiera_s.yaml": "hiera-s",
@@ -70,12 +78,7 @@ def _cache(work):
 
 @pytest.fixture(scope="module")
 def image_path(work) -> Path:
-    """A 400 x 600 RGB image of smooth random colour (stretched to 1024 x 1024 by SAM 2)."""
-    rng = np.random.default_rng(0)
-    small = (rng.random((48, 72, 3)) * 255).astype(np.uint8)
-    path = work / "image.png"
-    Image.fromarray(small).resize((600, 400), Image.Resampling.BILINEAR).save(path)
-    return path
+    return write_parity_image(work)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from oracle_helpers import LOGIT_TOL, ORACLE_DIR, assert_masks_match, max_diff, run_oracle
+from oracle_helpers import (
+    LOGIT_TOL,
+    ORACLE_DIR,
+    PARITY_BOXES,
+    assert_masks_match,
+    max_diff,
+    run_oracle,
+    write_parity_image,
+)
 from PIL import Image
 
 from grounded_seg import GroundedSAM
@@ -32,7 +40,7 @@ from grounded_seg.segmenters.sam import scale_boxes
 from grounded_seg.segmenters.sam_hq import SamHQSegmenter, decode_boxes
 
 RUNNER = ORACLE_DIR / "sam_hq_runner.py"
-BOXES = [[30, 40, 300, 350], [200, 10, 590, 200], [5, 5, 100, 100]]
+BOXES = PARITY_BOXES
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +52,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def image_path(work) -> Path:
-    """A 400 x 600 RGB image of smooth random colour (as in test_official_parity)."""
-    rng = np.random.default_rng(0)
-    small = (rng.random((48, 72, 3)) * 255).astype(np.uint8)
-    path = work / "image.png"
-    Image.fromarray(small).resize((600, 400), Image.Resampling.BILINEAR).save(path)
-    return path
+    return write_parity_image(work)
 
 
 @pytest.fixture(scope="module")

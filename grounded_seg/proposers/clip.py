@@ -31,7 +31,7 @@ from .._loading import load_pretrained
 from ..boxes import DEFAULT_NMS_THRESHOLD, class_aware_nms
 from ..checks import check_nms_threshold
 from ..clip import projected_features
-from ..devices import autocast, resolve_device, resolve_dtype
+from ..devices import ModelHolder, autocast, resolve_device, resolve_dtype
 from ..prompts import Prompt
 from ..segmenters.sam import SamImageState, SamSegmenter, read_model_settings
 from ..segmenters.sam_auto import AutoMaskConfig, MaskCandidates, generate_candidates
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BACKGROUND_TEXTS = ("background", "a plain background", "a texture")
 
 
-class ClipScorer:
+class ClipScorer(ModelHolder):
     """CLIP's two encoders and temperature: normalised embeddings and scaled similarities."""
 
     def __init__(
@@ -62,10 +62,6 @@ class ClipScorer:
         self._tokenizer_lock = threading.Lock()
         self.image_processor = image_processor
         self.max_text_len = int(model.config.text_config.max_position_embeddings)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @property
     def logit_scale(self) -> float:

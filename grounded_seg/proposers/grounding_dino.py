@@ -33,7 +33,7 @@ from ..boxes import (
     normalized_cxcywh_to_pixels,
 )
 from ..checks import check_nms_threshold
-from ..devices import autocast, resolve_device, resolve_dtype
+from ..devices import ModelHolder, autocast, resolve_device, resolve_dtype
 from ..preprocessing import grounding_dino_pixels
 from ..prompts import Prompt, TextPass, class_scores, phrase_for, plan_text_passes
 from .backbone_cache import backbone_cache, install_backbone_cache
@@ -159,7 +159,7 @@ def merge_passes(
     return merged.top(max_detections)
 
 
-class GroundingDinoProposer:
+class GroundingDinoProposer(ModelHolder):
     """Boxes from a text prompt with Grounding DINO.
 
     >>> proposer = GroundingDinoProposer.from_pretrained("grounding-dino-tiny")  # doctest: +SKIP
@@ -222,14 +222,6 @@ class GroundingDinoProposer:
         return cls(
             model, tokenizer, image_processor, nms_threshold=nms_threshold, dtype=compute_dtype
         )
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def encode_image(self, image: np.ndarray) -> GroundingDinoImageState:
         """Resize and normalise an RGB uint8 ``(H, W, 3)`` image as GroundingDINO does (short side

@@ -39,7 +39,7 @@ from .._loading import load_pretrained
 from ..boxes import DEFAULT_NMS_THRESHOLD, class_aware_nms, clip_boxes, normalized_cxcywh_to_pixels
 from ..checks import check_nms_threshold
 from ..clip import projected_features
-from ..devices import autocast, resolve_device, resolve_dtype
+from ..devices import ModelHolder, autocast, resolve_device, resolve_dtype
 from ..preprocessing import _check_rgb
 from ..prompts import Prompt
 from .base import Proposals
@@ -94,7 +94,7 @@ class Owlv2ImageState:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
-class Owlv2Proposer:
+class Owlv2Proposer(ModelHolder):
     """Boxes for a prompt with OWLv2 (see the module doc for the scoring and the box frame).
 
     ``template`` turns a class into the query text (``"{}"``: the class itself; e.g.
@@ -165,14 +165,6 @@ class Owlv2Proposer:
             dtype=compute_dtype,
             template=template,
         )
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def encode_image(self, image: np.ndarray) -> Owlv2ImageState:
         """Preprocess an RGB uint8 ``(H, W, 3)`` image as OWLv2 does (zero-padded bottom and right

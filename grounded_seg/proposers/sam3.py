@@ -38,7 +38,7 @@ import torch
 from .._loading import LOAD_LOCK, load_pretrained
 from ..boxes import DEFAULT_NMS_THRESHOLD, class_aware_nms, clip_boxes
 from ..checks import check_count, check_limit, check_nms_threshold, check_threshold
-from ..devices import autocast, resolve_device, resolve_dtype
+from ..devices import ModelHolder, autocast, resolve_device, resolve_dtype
 from ..errors import InvalidWeightsError, WeightsNotFoundError
 from ..prompts import Prompt
 from .base import Proposals
@@ -139,7 +139,7 @@ class Sam3ImageState:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-class Sam3Proposer:
+class Sam3Proposer(ModelHolder):
     """Instances of each class of a prompt, with masks, from SAM 3 (see the module doc).
 
     ``return_masks=False`` returns boxes only (``Proposals.masks`` is ``None``), so the
@@ -236,14 +236,6 @@ class Sam3Proposer:
     def returns_masks(self) -> bool:
         """Whether ``propose`` returns masks (the pipeline then runs no segmenter)."""
         return self.return_masks
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def encode_image(self, image: np.ndarray) -> Sam3ImageState:
         """Preprocess an RGB uint8 ``(H, W, 3)`` image; the vision encoder runs on the first

@@ -7,7 +7,6 @@ image by the SAM image processor's own ``post_process_masks``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from .._loading import load_pretrained
-from ..devices import autocast, resolve_device, resolve_dtype
+from ..devices import ModelHolder, resolve_device, resolve_dtype
 from ..errors import InvalidWeightsError
 from ..preprocessing import sam_pixels
 from ..registry import resolve_model
@@ -73,7 +72,7 @@ def scale_boxes(
     return (np.asarray(boxes_xyxy, dtype=np.float64) * scale).astype(np.float32)
 
 
-class SamSegmenter:
+class SamSegmenter(ModelHolder):
     """Box-prompted masks with SAM.
 
     >>> segmenter = SamSegmenter.from_pretrained("sam-vit-base")          # doctest: +SKIP
@@ -153,18 +152,6 @@ class SamSegmenter:
             dtype=compute_dtype,
             compile=compile,
         )
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """The context the model runs in: autocast for a half ``compute_dtype``, else nothing."""
-        return autocast(self.device, self.compute_dtype)
 
     def encode_image(self, image: np.ndarray) -> SamImageState:
         """Preprocess an RGB uint8 ``(H, W, 3)`` image as segment-anything does (long side to the

@@ -29,7 +29,6 @@ grounded_seg does not depend on, and resizes uint8 pixels, not the official floa
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ import torch
 from torch.nn import functional
 
 from .._loading import load_pretrained
-from ..devices import autocast, resolve_device, resolve_dtype
+from ..devices import ModelHolder, resolve_device, resolve_dtype
 from ..errors import InvalidWeightsError
 from ..preprocessing import _check_rgb
 
@@ -150,7 +149,7 @@ def check_boxes(boxes_xyxy: Any) -> np.ndarray:
     return boxes
 
 
-class Sam2Segmenter:
+class Sam2Segmenter(ModelHolder):
     """Box-prompted masks with SAM 2.1, as the official ``SAM2ImagePredictor``.
 
     >>> segmenter = Sam2Segmenter.from_pretrained("sam2.1-hiera-tiny")    # doctest: +SKIP
@@ -213,18 +212,6 @@ class Sam2Segmenter:
             device,
         )
         return cls(model, parts["image_processor"], dtype=compute_dtype, compile=compile)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """The context the model runs in: autocast for a half ``compute_dtype``, else nothing."""
-        return autocast(self.device, self.compute_dtype)
 
     def encode_image(self, image: np.ndarray) -> Sam2ImageState:
         """Preprocess an RGB uint8 ``(H, W, 3)`` image (cheap); the features come on first use."""
