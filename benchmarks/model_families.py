@@ -58,17 +58,27 @@ SAM2_SIZES = {
     "large": (144, 2, [2, 6, 36, 4], [23, 33, 43], [8, 4, 16, 8]),
 }
 
+# the larger sizes, as their hub configs give them: ViT width, depth, heads, global blocks;
+# Swin width and heads (depths 2, 2, 18, 2; window 12 at 384 px)
+SAM_VIT_SIZES = {"large": (1024, 24, 16, [5, 11, 17, 23]), "huge": (1280, 32, 16, [7, 15, 23, 31])}
+SWIN_SIZES = {"base": (128, [4, 8, 16, 32]), "large": (192, [6, 12, 24, 48])}
+
 # name -> (role, family: the route of a detector)
 MODELS: dict[str, tuple[str, str]] = {
     "sam-vit-base": ("segmenter", "sam"),
     "sam-hq-vit-base": ("segmenter", "sam_hq"),
+    "sam-hq-vit-large": ("segmenter", "sam_hq"),
+    "sam-hq-vit-huge": ("segmenter", "sam_hq"),
     "sam2.1-hiera-tiny": ("segmenter", "sam2"),
     "sam2.1-hiera-small": ("segmenter", "sam2"),
     "sam2.1-hiera-base-plus": ("segmenter", "sam2"),
     "sam2.1-hiera-large": ("segmenter", "sam2"),
     "grounding-dino-tiny": ("detector", "grounding_dino"),
     "mm-grounding-dino-tiny": ("detector", "grounding_dino"),
+    "mm-grounding-dino-base": ("detector", "grounding_dino"),
+    "mm-grounding-dino-large": ("detector", "grounding_dino"),
     "owlv2-base-patch16-ensemble": ("detector", "owlv2"),
+    "owlv2-large-patch14-ensemble": ("detector", "owlv2"),
     "sam3": ("detector", "sam3"),
 }
 
@@ -103,8 +113,17 @@ def build(name: str, folder: Path) -> None:
     if family in ("sam", "sam_hq"):
         from e2e_cpu import SAM_VISION_INIT_STD
 
+        size = name.rsplit("-", 1)[-1]
+        vision, decoder = {}, {}
+        if size in SAM_VIT_SIZES:
+            width, depth, heads, global_blocks = SAM_VIT_SIZES[size]
+            vision = dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                          global_attn_indexes=global_blocks, mlp_dim=4 * width)  # fmt: skip
+            decoder = {"vit_dim": width}
         cls, config = (
-            (tf.SamModel, tf.SamConfig()) if family == "sam" else (tf.SamHQModel, tf.SamHQConfig())
+            (tf.SamModel, tf.SamConfig(vision_config=vision))
+            if family == "sam"
+            else (tf.SamHQModel, tf.SamHQConfig(vision_config=vision, mask_decoder_config=decoder))
         )
         model = cls(config).eval()
         with torch.no_grad():  # the encoder at the scale of real weights (see e2e_cpu)
@@ -130,21 +149,38 @@ def build(name: str, folder: Path) -> None:
             if name.startswith("grounding")
             else (tf.MMGroundingDinoConfig, tf.MMGroundingDinoForObjectDetection)
         )
-        model_cls(config_cls()).eval().save_pretrained(folder)
+        size = name.rsplit("-", 1)[-1]
+        backbone = None
+        if size in SWIN_SIZES:
+            width, heads = SWIN_SIZES[size]
+            backbone = tf.SwinConfig(
+                embed_dim=width, depths=[2, 2, 18, 2], num_heads=heads, window_size=12,
+                image_size=384, out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4],
+            )  # fmt: skip
+        model_cls(config_cls(backbone_config=backbone)).eval().save_pretrained(folder)
         vocab = write_bert_vocab(folder)
         BertTokenizer(vocab_file=str(vocab), do_lower_case=True).save_pretrained(folder)
         tf.GroundingDinoImageProcessorPil().save_pretrained(folder)
     elif family == "owlv2":
         from tiny_clip import write_clip_tokenizer
 
-        # the hub checkpoint's input: 960 x 960 pixels, 60 x 60 patches of 16 (3,600 boxes)
-        config = tf.Owlv2Config(vision_config={"image_size": 960, "patch_size": 16})
+        # the hub checkpoints' inputs: B/16 at 960 x 960 (3,600 boxes), L/14 at 1008 x 1008
+        # (5,184 boxes)
+        if name.startswith("owlv2-large"):
+            side = 1008
+            vision = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                          intermediate_size=4096, patch_size=14, image_size=side)  # fmt: skip
+            text = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                        intermediate_size=3072)  # fmt: skip
+            config = tf.Owlv2Config(vision_config=vision, text_config=text, projection_dim=768)
+        else:
+            side = 960
+            config = tf.Owlv2Config(vision_config={"image_size": side, "patch_size": 16})
         tf.Owlv2ForObjectDetection(config).eval().save_pretrained(folder)
         tokenizer = write_clip_tokenizer(folder)
         tokenizer.model_max_length = 16
-        tf.Owlv2Processor(
-            image_processor=tf.Owlv2ImageProcessorPil(), tokenizer=tokenizer
-        ).save_pretrained(folder)
+        processor = tf.Owlv2ImageProcessorPil(size={"height": side, "width": side})
+        tf.Owlv2Processor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
     elif family == "sam3":
         from tiny_sam3 import write_preprocessor_config
 
@@ -265,6 +301,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--no-results", action="store_true")
+    parser.add_argument(
+        "--block", default="model_families", help="the RESULTS.md block to write (replaced)"
+    )
     parser.add_argument("--build", help=argparse.SUPPRESS)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -317,7 +356,7 @@ def main() -> int:
     block = "\n".join(lines)
     print(block)
     if not args.no_results:
-        write_results(args.results, "cpu", block, name="model_families")
+        write_results(args.results, "cpu", block, name=args.block)
     return 0
 
 
