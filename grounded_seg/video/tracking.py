@@ -6,8 +6,9 @@ size, so batching does not change answers); detections are associated across key
 ByteTrack (Roboflow's ``trackers`` package, which took it over from supervision), one tracker
 for all classes with each track's class decided by its detections' votes (a class misread for
 a frame does not cut the track); frames between keyframes carry the last keyframe's
-tracked objects. Ids are global (from 1) and never reused. The ``sam2`` and ``sam3`` routes need
-the SAM 2 / SAM 3 video models, which grounded_seg does not load yet.
+tracked objects. Ids are global (from 1) and never reused. The ``sam3`` route hands the prompt to
+SAM 3's own video model (``.sam3_route``), streaming with bounded memory; the ``sam2`` route needs
+SAM 2's video model, which grounded_seg does not load yet.
 """
 
 from __future__ import annotations
@@ -77,11 +78,15 @@ def track(
     """
     if tracker not in TRACKERS:
         raise ValueError(f"tracker: expected one of {', '.join(TRACKERS)}, got {tracker!r}")
-    if tracker != "bytetrack":
+    if tracker == "sam2":
         raise ValueError(
-            f"tracker {tracker!r} needs the SAM 2 / SAM 3 video models, which grounded_seg does "
-            "not load yet; use tracker='bytetrack' (any detector and segmenter)"
+            "tracker 'sam2' needs the SAM 2 video model, which grounded_seg does not load yet; "
+            "use tracker='bytetrack' or tracker='sam3'"
         )
+    if tracker == "sam3":
+        return _track_sam3(video, prompt, every=every, detector=detector, segmenter=segmenter,
+                           box_threshold=box_threshold, max_detections=max_detections,
+                           device=device, predictor=predictor, with_frames=with_frames)  # fmt: skip
     every = check_count("every", every)
     batch_size = check_count("batch_size", batch_size)
     lost_frames = check_count("lost_frames", lost_frames)
@@ -103,6 +108,31 @@ def track(
                                 dtype=dtype, proposer=proposer)  # fmt: skip
     return _run(source, predictor, normalized, every, batch_size, associate,
                 (low_threshold, text_threshold, max_detections), with_frames)  # fmt: skip
+
+
+def _track_sam3(video, prompt, *, every, detector, segmenter, box_threshold, max_detections,
+                device, predictor, with_frames) -> Iterator[Any]:  # fmt: skip
+    """The ``sam3`` route: SAM 3's video model reads the prompt itself (see ``.sam3_route``)."""
+    from .sam3_route import Sam3Video, load_sam3_video, run_sam3
+
+    if every != 1:
+        raise ValueError(
+            f"every: the sam3 route reads every frame (its tracker needs them), got {every}"
+        )
+    if segmenter is not None:
+        raise ValueError("segmenter: the sam3 route makes its own masks; leave segmenter unset")
+    if predictor is not None and not isinstance(predictor, Sam3Video):
+        raise TypeError(
+            "predictor: on the sam3 route, expected a Sam3Video (load_sam3_video), got "
+            f"{type(predictor).__name__}"
+        )
+    source = video if isinstance(video, VideoSource) else open_video(video)
+    normalized = normalize_prompt(prompt)
+    box_threshold = check_threshold("box_threshold", box_threshold)
+    max_detections = check_limit("max_detections", max_detections)
+    model = predictor if predictor is not None else load_sam3_video(detector or "sam3", device)
+    return run_sam3(source, normalized, model, box_threshold=box_threshold,
+                    max_detections=max_detections, with_frames=with_frames)  # fmt: skip
 
 
 def _run(
