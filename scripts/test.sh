@@ -8,7 +8,7 @@
 #
 #   GROUNDED_SEG_ORACLE        where the oracle environment lives (default:
 #                              ~/.cache/grounded_seg/oracle-env; built once, then reused)
-#   GROUNDED_SEG_NO_ORACLE=1   skip building it (the 31 parity tests then skip, saying why)
+#   GROUNDED_SEG_NO_ORACLE=1   skip building it (the 34 parity tests then skip, saying why)
 #   GROUNDED_SEG_NO_BROWSER=1  do not install Debian's chromium for the browser test (see
 #                              scripts/browser.sh; without it that test skips, saying why)
 set -euo pipefail

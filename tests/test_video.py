@@ -134,7 +134,7 @@ def test_a_prompt_found_nowhere_is_an_empty_valid_result(shapes_gs, tmp_path):
     ("kwargs", "error", "words"),
     [
         ({"tracker": "kalman"}, ValueError, "tracker: expected one of bytetrack, sam2, sam3"),
-        ({"tracker": "sam2"}, ValueError, "does not load yet"),
+        ({"tracker": "sam2", "match_iou": 2}, ValueError, "match_iou: expected a number in"),
         ({"every": 0}, ValueError, "every: expected an int >= 1, got 0"),
         ({"low_threshold": 0.5}, ValueError, "low_threshold: expected at most box_threshold"),
         ({"box_threshold": 2}, ValueError, "box_threshold: expected a number in"),

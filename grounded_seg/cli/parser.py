@@ -253,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--lost-frames", type=int, default=30, help="keyframes a track may go unseen")
     tr.add_argument("--batch-size", type=int, default=4, help="keyframes per model call")
+    tr.add_argument(
+        "--video-model",
+        default=None,
+        help="sam2 route: SAM 2.1's video model, an official sam2.1_*.pt, a Sam2VideoModel "
+        "folder or hub id (default: facebook/sam2.1-hiera-tiny)",
+    )
+    tr.add_argument(
+        "--match-iou", type=float, default=0.5, help="sam2 route: mask IoU to continue an object"
+    )
     tr.add_argument("--fps", type=float, default=None, help="a folder's frame rate (30)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     _models(tr, DETECTOR_HELP)

@@ -34,7 +34,8 @@ def cmd_track(args: argparse.Namespace) -> int:
         low_threshold=min(args.low_threshold, args.box_threshold),
         text_threshold=args.text_threshold, lost_frames=args.lost_frames,
         batch_size=args.batch_size, device=None if args.device == "auto" else args.device,
-        dtype=args.dtype, with_frames=True,
+        dtype=args.dtype, with_frames=True, video_model=args.video_model,
+        match_iou=args.match_iou,
     )  # fmt: skip
     from tqdm.auto import tqdm
 

@@ -7,8 +7,10 @@ ByteTrack (Roboflow's ``trackers`` package, which took it over from supervision)
 for all classes with each track's class decided by its detections' votes (a class misread for
 a frame does not cut the track); frames between keyframes carry the last keyframe's
 tracked objects. Ids are global (from 1) and never reused. The ``sam3`` route hands the prompt to
-SAM 3's own video model (``.sam3_route``), streaming with bounded memory; the ``sam2`` route needs
-SAM 2's video model, which grounded_seg does not load yet.
+SAM 3's own video model (``.sam3_route``), streaming with bounded memory. The ``sam2`` route
+(Grounded-SAM-2's method, ``.sam2_route``): the proposer and segmenter run on keyframes only,
+SAM 2.1's video model carries each object's mask through every frame (streaming, bounded
+memory), and keyframe detections are matched to those masks by mask IoU.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ TRACK_NMS_IOU = 0.6
 whatever their class: the detector may name one object twice (a blue square also as a blue
 triangle), and two tracks on one object swap ids. On the tuning videos 0.5 and 0.7 gave the
 same scores (IDF1 0.931, MOTA 0.873)."""
+SAM2_VIDEO_MODEL = "facebook/sam2.1-hiera-tiny"
+"""The ``sam2`` route's video model when none is named (a hub id; offline, pass an official
+``sam2.1_hiera_*.pt`` or a ``Sam2VideoModel`` folder as ``video_model``)."""
 TRACK_MIN_IOU = 0.1
 """ByteTrack's minimum box IoU to associate a detection with a track (``trackers``' default)."""
 
@@ -59,6 +64,8 @@ def track(
     dtype: str | torch.dtype | None = None,
     predictor: Any = None,
     with_frames: bool = False,
+    video_model: str | os.PathLike | None = None,
+    match_iou: float = 0.5,
 ) -> Iterator[sv.Detections] | Iterator[tuple[np.ndarray, sv.Detections]]:
     """Track what ``prompt`` names through ``video`` (a file OpenCV reads, a folder of frames,
     or an :func:`open_video` result); one ``supervision.Detections`` per frame, in order.
@@ -72,17 +79,16 @@ def track(
     ``lost_frames``: keyframes a track may go unseen before it ends. Model options as in
     ``segment()``; ``predictor``: a loaded ``GroundedSAM`` to use instead. ``with_frames``:
     yield ``(frame, detections)`` pairs (RGB uint8 frames), so that drawing needs no second
-    decoding of the video. Everything is
+    decoding of the video. ``tracker="sam2"``: ``video_model`` is SAM 2.1's video model (an
+    official ``sam2.1_*.pt``, a ``Sam2VideoModel`` folder or hub id; default
+    :data:`SAM2_VIDEO_MODEL`), ``match_iou`` the least mask IoU for a keyframe detection to
+    continue an object, ``lost_frames`` counts keyframes there too, and ``low_threshold`` is
+    unused (detections above ``box_threshold`` start or confirm objects). Everything is
     checked (the video opened, its first frame read) before any model loads; a prompt found in
     no frame gives empty detections, not an error.
     """
     if tracker not in TRACKERS:
         raise ValueError(f"tracker: expected one of {', '.join(TRACKERS)}, got {tracker!r}")
-    if tracker == "sam2":
-        raise ValueError(
-            "tracker 'sam2' needs the SAM 2 video model, which grounded_seg does not load yet; "
-            "use tracker='bytetrack' or tracker='sam3'"
-        )
     if tracker == "sam3":
         return _track_sam3(video, prompt, every=every, detector=detector, segmenter=segmenter,
                            box_threshold=box_threshold, max_detections=max_detections,
@@ -100,6 +106,10 @@ def track(
         )
     text_threshold = check_threshold("text_threshold", text_threshold)
     max_detections = check_limit("max_detections", max_detections)
+    if tracker == "sam2":
+        return _track_sam2(source, predictor, normalized, every, lost_frames, match_iou,
+                           (box_threshold, text_threshold, max_detections), video_model,
+                           (detector, segmenter, device, dtype, proposer), with_frames)  # fmt: skip
     associate = _Association(box_threshold, lost_frames, source.fps / every)  # needs trackers
     if predictor is None:
         from ..predictor import GroundedSAM
@@ -133,6 +143,27 @@ def _track_sam3(video, prompt, *, every, detector, segmenter, box_threshold, max
     model = predictor if predictor is not None else load_sam3_video(detector or "sam3", device)
     return run_sam3(source, normalized, model, box_threshold=box_threshold,
                     max_detections=max_detections, with_frames=with_frames)  # fmt: skip
+
+
+def _track_sam2(source, predictor, prompt, every, lost_frames, match_iou, answers, video_model,
+                models, with_frames) -> Iterator[Any]:  # fmt: skip
+    """The ``sam2`` route (see ``.sam2_route``): keyframe detections, SAM 2.1 propagation."""
+    from ..official.sam2_video import load_sam2_video
+    from .sam2_route import run_sam2
+
+    match_iou = check_threshold("match_iou", match_iou)
+    detector, segmenter, device, dtype, proposer = models
+    if predictor is None:
+        from ..predictor import GroundedSAM
+
+        predictor = GroundedSAM(detector=detector, segmenter=segmenter, device=device,
+                                dtype=dtype, proposer=proposer)  # fmt: skip
+    model, settings = load_sam2_video(video_model or SAM2_VIDEO_MODEL, device)
+    box_threshold, text_threshold, max_detections = answers
+    return run_sam2(source, predictor, prompt, every, model, settings=settings,
+                    match_iou=match_iou, lost_keyframes=lost_frames, box_threshold=box_threshold,
+                    text_threshold=text_threshold, max_detections=max_detections,
+                    with_frames=with_frames)  # fmt: skip
 
 
 def _run(
