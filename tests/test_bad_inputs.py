@@ -132,7 +132,8 @@ def test_incomplete_weights_are_refused_not_half_loaded(tiny_sam_dir, tmp_path):
 
 def test_weights_of_the_wrong_model_type(tiny_sam_dir, tiny_gdino_dir):
     with pytest.raises(
-        InvalidWeightsError, match=r"expected a 'grounding-dino' model, got .*'sam'"
+        InvalidWeightsError,
+        match=r"expected a 'grounding-dino' or 'mm-grounding-dino' model, got .*'sam'",
     ):
         GroundedSAM(detector=tiny_sam_dir, segmenter=tiny_sam_dir, device="cpu")
     with pytest.raises(
