@@ -147,6 +147,35 @@ def _fill_missing(family: str, mapped: dict[str, torch.Tensor], expected: dict) 
     return filled
 
 
+def check_fit(
+    mapped: dict[str, torch.Tensor],
+    expected: dict[str, tuple[int, ...]],
+    what: str,
+    unknown: list[str] | None = None,
+) -> None:
+    """``InvalidWeightsError`` (``what``: the gaps) unless the mapped tensors fill the model's
+    ``expected`` names and shapes exactly; ``unknown`` official keys no rule placed count as
+    tensors with no place."""
+    missing = sorted(set(expected) - set(mapped))
+    unused = sorted(set(mapped) - set(expected)) + list(unknown or ())
+    wrong = [
+        f"{k}: expected {expected[k]}, got {tuple(mapped[k].shape)}"
+        for k in sorted(set(expected) & set(mapped))
+        if tuple(mapped[k].shape) != expected[k]
+    ]
+    if missing or unused or wrong:
+        parts = [
+            f"{len(items)} {kind} (e.g. {', '.join(items[:3])})"
+            for kind, items in (
+                ("model tensors not filled", missing),
+                ("official tensors with no place", unused),
+                ("shape mismatches", wrong),
+            )
+            if items
+        ]
+        raise InvalidWeightsError(f"{what}: {'; '.join(parts)}")
+
+
 def mapped_state_dict(
     state_dict: dict[str, torch.Tensor], where: str = "checkpoint"
 ) -> tuple[CheckpointKind, Any, dict[str, torch.Tensor]]:
@@ -162,27 +191,12 @@ def mapped_state_dict(
     mapped, dropped = map_state_dict(state_dict, kind.family)
     expected = _expected_tensors(kind.family, config)
     filled = _fill_missing(kind.family, mapped, expected)
-    missing = sorted(set(expected) - set(mapped))
-    unused = sorted(set(mapped) - set(expected))
-    wrong = [
-        f"{k}: expected {expected[k]}, got {tuple(mapped[k].shape)}"
-        for k in sorted(set(expected) & set(mapped))
-        if tuple(mapped[k].shape) != expected[k]
-    ]
-    if missing or unused or wrong:
-        parts = [
-            f"{len(items)} {what} (e.g. {', '.join(items[:3])})"
-            for what, items in (
-                ("model tensors not filled", missing),
-                ("official tensors with no place", unused),
-                ("shape mismatches", wrong),
-            )
-            if items
-        ]
-        raise InvalidWeightsError(
-            f"{where}: the official {kind.family} {kind.variant} tensors do not fit the "
-            f"transformers model: {'; '.join(parts)}"
-        )
+    check_fit(
+        mapped,
+        expected,
+        f"{where}: the official {kind.family} {kind.variant} tensors do not fit the transformers "
+        "model",
+    )
     logger.info(
         "%s: %s %s, %d tensors mapped, %d dropped on purpose, %d set to identity",
         where,

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidWeightsError
+from .convert import check_fit
 from .keymap import Rule, one
 from .sam2 import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, detect, prepare, processor_config
 from .sam2 import RULES as IMAGE_RULES
@@ -235,27 +236,12 @@ def mapped_video_state_dict(
             mapped[target] = tensor.contiguous()
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in Sam2VideoModel(config).state_dict().items()}
-    missing = sorted(set(expected) - set(mapped))
-    unused = sorted(set(mapped) - set(expected)) + unknown
-    wrong = [
-        f"{k}: expected {expected[k]}, got {tuple(mapped[k].shape)}"
-        for k in sorted(set(expected) & set(mapped))
-        if tuple(mapped[k].shape) != expected[k]
-    ]
-    if missing or unused or wrong:
-        parts = [
-            f"{len(items)} {what} (e.g. {', '.join(items[:3])})"
-            for what, items in (
-                ("model tensors not filled", missing),
-                ("official tensors with no place", unused),
-                ("shape mismatches", wrong),
-            )
-            if items
-        ]
-        raise InvalidWeightsError(
-            f"{where}: the official SAM 2.1 {variant} tensors do not fit Sam2VideoModel: "
-            f"{'; '.join(parts)}"
-        )
+    check_fit(
+        mapped,
+        expected,
+        f"{where}: the official SAM 2.1 {variant} tensors do not fit Sam2VideoModel",
+        unknown,
+    )
     logger.info("%s: SAM 2.1 %s video model, %d tensors mapped", where, variant, len(mapped))
     return config, mapped
 
