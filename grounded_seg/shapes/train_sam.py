@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from ..checkpoints import load_checkpoint, save_checkpoint
-from ..progress import eta
+from ..training import markdown_table, run_training, thin_rows, write_json, write_run
 from .world import HELD_OUT_SEEDS, TRAIN_SEEDS, make_scene
 
 logger = logging.getLogger(__name__)
@@ -221,47 +219,25 @@ def train_shapes_sam(
         optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps))
     )
     rng = np.random.default_rng(seed)
-    start_step, curve, elapsed = 0, [], 0.0
-    checkpoint = out / CHECKPOINT
-    if resume and checkpoint.exists():
-        state = load_checkpoint(checkpoint, start_over="pass resume=False (--restart)")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["rng"]
-        start_step, curve, elapsed = state["step"], state["curve"], state["elapsed"]
-        logger.info("resuming at step %d", start_step)
-    model.train()
-    started = time.perf_counter() - elapsed
-    for step in range(start_step, steps):
-        batch = _batch(rng, batch_size, boxes_per_image, box_jitter)
+
+    def batch_of(step: int) -> tuple:
+        return _batch(rng, batch_size, boxes_per_image, box_jitter)
+
+    def loss_of(batch: tuple, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         pixels = processor(images=list(batch[0]), return_tensors="pt")["pixel_values"]
         mask_loss, iou_loss, iou = _step_loss(model, pixels, batch, use_points=step % 2 == 1)
-        loss = mask_loss + iou_loss
-        value = float(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            seconds = time.perf_counter() - started
-            curve.append({"step": step + 1, "loss": value, "train_iou": float(iou),
-                          "seconds": round(seconds, 1)})  # fmt: skip
-            logger.info("step %d/%d loss %.4f train IoU %.3f (%.0f s, %s)",
-                        step + 1, steps, value, float(iou), seconds,
-                        eta(seconds, step + 1, steps))  # fmt: skip
-            save_checkpoint(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
-                 "step": step + 1, "curve": curve, "elapsed": seconds},
-                checkpoint,
-            )  # fmt: skip
-    seconds = time.perf_counter() - started
-    model.eval()
+        return mask_loss + iou_loss, {"train_iou": float(iou)}
+
+    result = run_training(
+        model, loss_of, optimizer, batches=batch_of, steps=steps, rng=rng, scheduler=scheduler,
+        grad_clip=1.0, log_every=log_every, checkpoint=out / CHECKPOINT, resume=resume,
+        settings={"steps": steps, "batch_size": batch_size, "boxes_per_image": boxes_per_image,
+                  "learning_rate": learning_rate, "box_jitter": box_jitter, "seed": seed},
+        logger=logger,
+    )  # fmt: skip
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / SETTINGS_FILE).write_text(json.dumps({"auto_mask": AUTO_MASK}, indent=2) + "\n")
+    write_json(out / SETTINGS_FILE, {"auto_mask": AUTO_MASK})
     segmenter = SamSegmenter.from_pretrained(out, device="cpu")
     held_out = range(HELD_OUT_SEEDS.start, HELD_OUT_SEEDS.start + eval_scenes)
     mean_iou = evaluate_sam(segmenter, held_out)
@@ -279,28 +255,30 @@ def train_shapes_sam(
         "train_seeds": f"drawn from range({TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop})",
         "eval_seeds": f"range({held_out.start}, {held_out.stop})",
         "held_out_mean_iou_from_true_boxes": round(mean_iou, 4),
-        "train_seconds": round(seconds, 1),
-        "curve": curve,
+        "train_seconds": result.seconds,
+        "resumed_at": result.resumed_at,
+        "curve": result.curve,
     }
-    (out / "train_log.json").write_text(json.dumps(report, indent=2) + "\n")
-    _write_card(out, report)
-    checkpoint.unlink(missing_ok=True)
-    logger.info("held-out mean IoU %.4f after %.0f s", mean_iou, seconds)
+    write_run(out, report, _card(report))
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    logger.info("held-out mean IoU %.4f after %.0f s", mean_iou, result.seconds)
     return report
 
 
-def _write_card(out: Path, report: dict[str, Any]) -> None:
-    curve = "\n".join(
-        f"| {row['step']} | {row['seconds'] / 60:.1f} | {row['loss']:.4f} "
-        f"| {row['train_iou']:.3f} |"
-        for row in report["curve"][:: max(1, len(report["curve"]) // 10)]
-    )
+def _card(report: dict[str, Any]) -> str:
+    curve = markdown_table(
+        ["step", "minutes", "loss", "train IoU"],
+        [
+            (row["step"], f"{row['seconds'] / 60:.1f}", f"{row['loss']:.4f}",
+             f"{row['train_iou']:.3f}")
+            for row in thin_rows(report["curve"])
+        ],
+    )  # fmt: skip
     command = (
         f"grounded-seg train shapes --model sam --steps {report['steps']} "
         f"--seed {report['seed']} --threads {report['threads']}"
     )
-    out.joinpath("MODEL_CARD.md").write_text(
-        f"""# shapes-sam
+    return f"""# shapes-sam
 
 A tiny `transformers.SamModel` trained by grounded_seg on the shapes world
 (box or point prompt -> mask).
@@ -319,11 +297,10 @@ A tiny `transformers.SamModel` trained by grounded_seg on the shapes world
 - held-out mean mask IoU from ground-truth boxes ({report["eval_seeds"]}):
   **{report["held_out_mean_iou_from_true_boxes"]:.4f}**
 
-| step | minutes | loss | train IoU |
-|---:|---:|---:|---:|
+Training curve (loss and train IoU: means since the previous row):
+
 {curve}
 """
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
