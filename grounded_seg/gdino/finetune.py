@@ -1,10 +1,10 @@
 """Training and fine-tuning Grounding DINO (``transformers.GroundingDinoForObjectDetection``).
 
-:func:`train_grounding_dino` is the loop: batch ``i`` is a pure function of ``i`` (built by a
-callable, in worker processes if asked), so a run stopped after a checkpoint resumes to the same
-result. :func:`fine_tune_grounding_dino` applies it to a user's COCO-format data set: each
-sample's caption lists the image's categories plus negatives (categories it does not hold),
-shuffled, within the text encoder's window.
+:func:`train_grounding_dino` is the recipe on the training core (:mod:`grounded_seg.training`):
+batch ``i`` is a pure function of ``i`` (built by a callable, in worker processes if asked), so a
+run stopped after a checkpoint resumes to the same result. :func:`fine_tune_grounding_dino`
+applies it to a user's COCO-format data set: each sample's caption lists the image's categories
+plus negatives (categories it does not hold), shuffled, within the text encoder's window.
 
 >>> from grounded_seg.gdino import fine_tune_grounding_dino                # doctest: +SKIP
 >>> report = fine_tune_grounding_dino(
@@ -15,10 +15,8 @@ shuffled, within the text encoder's window.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoints import load_checkpoint, save_checkpoint
 from ..images import load_image
-from ..progress import eta
+from ..training import run_training, write_json
 from .data import GroundingCollator, GroundingSample, batch_to
 from .loss import grounding_losses
 
@@ -76,19 +73,6 @@ class TrainConfig:
             raise ValueError("learning_rate: expected a number > 0, got 0")
 
 
-class _StepBatches(torch.utils.data.Dataset):
-    """Item ``i`` is the batch of step ``first + i`` (for a DataLoader with ``batch_size=None``)."""
-
-    def __init__(self, make_batch: Callable[[int], dict[str, Any]], first: int, stop: int):
-        self.make_batch, self.first, self.stop = make_batch, first, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.first
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.make_batch(self.first + index)
-
-
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with the backbones at ``backbone_lr_scale`` and no decay on gains and biases."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
@@ -117,6 +101,15 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def _resume_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings a checkpoint must share with the run resuming it (how often to log and save,
+    and the number of workers, may change: the batches do not depend on them)."""
+    settings = dataclasses.asdict(config)
+    for free in ("log_every", "checkpoint_every", "workers"):
+        settings.pop(free)
+    return settings
+
+
 def train_grounding_dino(
     model: torch.nn.Module,
     make_batch: Callable[[int], dict[str, Any]],
@@ -127,8 +120,10 @@ def train_grounding_dino(
     evaluate: Callable[[int], dict[str, float]] | None = None,
     evaluate_every: int | None = None,
     stop_at: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` in place for ``config.steps`` steps.
+    """Train ``model`` in place for ``config.steps`` steps, with Grounding DINO's optimiser
+    (:func:`_optimizer`), schedule and losses on :func:`grounded_seg.training.run_training`.
 
     Returns ``{"curve", "seconds", "resumed_at"}``: the logged rows, the training time (all runs
     of a resumed schedule together) and the steps at which earlier runs were resumed.
@@ -137,102 +132,41 @@ def train_grounding_dino(
     holds ``"stopped_at"``), to split a long schedule over several runs.
 
     ``make_batch(step)`` returns a :class:`~grounded_seg.gdino.GroundingCollator` batch (on the
-    CPU); it must depend on ``step`` alone. With ``checkpoint_dir``, the model, optimiser, step
-    and curve are saved there every ``checkpoint_every`` steps and, with ``resume``, a run
-    continues from what it finds. ``evaluate(step)``, called every ``evaluate_every`` steps and at
-    the end (model in eval mode), adds its metrics to the curve.
+    CPU); it must depend on ``step`` alone. With ``checkpoint_dir``, the model, optimiser, RNG
+    state, step and curve are saved there every ``checkpoint_every`` steps and, with ``resume``, a
+    run continues from what it finds (a checkpoint of another ``config`` or other ``settings`` is
+    refused). ``evaluate(step)``, called every ``evaluate_every`` steps and at the end (model in
+    eval mode), adds its metrics to the curve.
     """
     device = next(model.parameters()).device
     optimizer = _optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    start, curve, elapsed, resumed = 0, [], 0.0, []
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    if checkpoint is not None and resume and checkpoint.is_file():
-        state = load_checkpoint(checkpoint, device, start_over="pass resume=False (--restart)")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, curve, elapsed = int(state["step"]), list(state["curve"]), float(state["elapsed"])
-        resumed = [*state.get("resumed_at", []), start]
-        torch.set_rng_state(state["rng"])  # dropout draws continue where they stopped
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        logger.info("resuming from %s at step %d", checkpoint, start)
-    stop = config.steps if stop_at is None else min(int(stop_at), config.steps)
-    loader = torch.utils.data.DataLoader(
-        _StepBatches(make_batch, start, stop),
-        batch_size=None,
-        num_workers=config.workers,
-        prefetch_factor=4 if config.workers else None,
-        persistent_workers=False,
-        generator=torch.Generator(),  # its seed draw must not consume the global RNG (dropout)
+
+    def loss_of(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return grounding_losses(model, batch_to(batch, device))
+
+    result = run_training(
+        model,
+        loss_of,
+        optimizer,
+        batches=make_batch,
+        steps=config.steps,
+        workers=config.workers,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config)),
+        grad_clip=config.grad_clip,
+        log_every=config.log_every,
+        evaluate=evaluate,
+        evaluate_every=evaluate_every,
+        checkpoint=Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None,
+        checkpoint_every=config.checkpoint_every,
+        settings={**_resume_settings(config), **(settings or {})},
+        resume=resume,
+        stop_at=stop_at,
+        logger=logger,
     )
-    started = time.perf_counter() - elapsed
-    window: list[dict[str, float]] = []
-    model.train()
-    for step, batch in enumerate(loader, start=start):
-        loss, parts = grounding_losses(model, batch_to(batch, device))
-        if not math.isfinite(parts["loss"]):
-            raise FloatingPointError(f"loss is {parts['loss']} at step {step}; lower learning_rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        window.append(parts)
-        done = step + 1
-        last = done == config.steps
-        due = evaluate is not None and bool(evaluate_every) and (done % evaluate_every == 0 or last)
-        if done % config.log_every == 0 or last or due:
-            row = {k: round(float(np.mean([w[k] for w in window])), 4) for k in window[0]}
-            row = {"step": done, "seconds": round(time.perf_counter() - started, 1), **row}
-            window = []
-            if due:
-                model.eval()
-                row.update(evaluate(done))
-                model.train()
-            curve.append(row)
-            logger.info(
-                "step %d/%d %s (%s)",
-                done,
-                config.steps,
-                _format_row(row),
-                eta(row["seconds"], done, config.steps),
-            )
-        if checkpoint is not None and (done % config.checkpoint_every == 0 or last or done == stop):
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": done,
-                    "curve": curve,
-                    "elapsed": time.perf_counter() - started,
-                    "resumed_at": resumed,
-                    "rng": torch.get_rng_state(),
-                    **(
-                        {"cuda_rng": torch.cuda.get_rng_state(device)}
-                        if device.type == "cuda"
-                        else {}
-                    ),
-                },
-                checkpoint,
-            )
-    model.eval()
-    result = {
-        "curve": curve,
-        "seconds": round(time.perf_counter() - started, 1),
-        "resumed_at": resumed,
-    }
-    if stop < config.steps:
-        result["stopped_at"] = stop
-    return result
-
-
-def _format_row(row: dict[str, Any]) -> str:
-    return " ".join(f"{k} {v}" for k, v in row.items() if k != "step")
+    report = {"curve": result.curve, "seconds": result.seconds, "resumed_at": result.resumed_at}
+    if not result.finished:
+        report["stopped_at"] = result.step
+    return report
 
 
 # --- a user's COCO data set -------------------------------------------------------------------
@@ -404,7 +338,7 @@ def fine_tune_grounding_dino(
         "config": dataclasses.asdict(config),
         **result,
     }
-    (output / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(output / REPORT_FILE, report)
     (output / CHECKPOINT_FILE).unlink(missing_ok=True)
     logger.info("fine-tuned %s for %d steps in %.0f s", model, config.steps, result["seconds"])
     return report
