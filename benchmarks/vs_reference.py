@@ -48,45 +48,34 @@ The tables are printed and written into ``benchmarks/RESULTS.md`` (one block per
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import os
-import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _stages import (  # noqa: E402
-    STAGES,
-    StageMeter,
-    peak_memory_bytes,
-    reset_peak_memory,
-    synchronizer,
+from _machine import set_offline_env  # noqa: E402
+from _reference_client import ReferenceProcess, run_reference  # noqa: E402
+from _results import write_results  # noqa: E402
+from _synthetic import find_vocab  # noqa: E402
+from _vs_cases import (  # noqa: E402
+    N_BOXES,
+    Calibration,
+    Item,
+    common_threshold,
+    fast_case_items,
+    make_cases,
+    ranked_scores,
+    write_images,
 )
-from e2e_cpu import (  # noqa: E402
-    _set_offline_env,
-    find_vocab,
-    machine_line,
-    make_image,
-    versions,
-    write_results,
-)
+from _vs_report import report  # noqa: E402
+from _vs_runs import Run, measured_matmul_tflops, run_grounded_seg  # noqa: E402
 
 logger = logging.getLogger("vs_reference")
-
-PROMPT = "black cat"
-FIVE_PROMPTS = ("black cat", "small dog", "red car", "person on a bike", "green plant")
-N_BOXES = 3
-TEXT_THRESHOLD = 0.25
-NO_BOX_THRESHOLD = 0.9999  # above every query's score: nothing is found
-BATCH = 8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,320 +130,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------------------------- the two pipelines
-
-
-class ReferenceProcess:
-    """``reference_worker.py`` under the oracle's Python: one JSON request / answer per line."""
-
-    def __init__(self, python: str, log: Path) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-        env.pop("PYTHONPATH", None)  # the oracle must not see this environment's packages
-        self._log = log.open("w")
-        self.proc = subprocess.Popen(
-            [python, str(HERE / "reference_worker.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=env,
-        )
-
-    def call(self, op: str, **request: Any) -> dict:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"op": op, **request}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"the reference process died during {op!r}: see {self._log.name}")
-        answer = json.loads(line)
-        if not answer.pop("ok"):
-            raise SystemExit(f"the reference failed in {op!r}:\n{answer['error']}")
-        return answer
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.call_quit()
-        self._log.close()
-
-    def call_quit(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=60)
-
-
-@dataclass
-class Run:
-    """One timed run of one pipeline on one case."""
-
-    seconds: float
-    stages: dict[str, float]
-    flops: dict[str, int] | None
-    peak_memory: int
-    base_memory: int  # in use when the run started (models included)
-    boxes: list[int]
-    outputs: list[tuple[Any, Any]] = field(default_factory=list, repr=False)
-
-
-def grounded_seg_meter(gs: Any, device: Any) -> StageMeter:
-    detector = gs.proposer.model.model
-    sam = gs.segmenter.model
-    return StageMeter(
-        {
-            "gdino image backbone": [detector.backbone],
-            "gdino text backbone": [detector.text_backbone],
-            "gdino enhancer": [detector.encoder],
-            "gdino decoder": [detector.decoder],
-            "sam image encoder": [sam.vision_encoder],
-            "sam prompt + mask decoder": [sam.prompt_encoder, sam.mask_decoder],
-        },
-        synchronizer(device),
-    )
-
-
-def run_grounded_seg(
-    gs: Any,
-    items: list[tuple[str, str, float, float]],
-    device: Any,
-    *,
-    cold: dict | None = None,
-    flops: bool = False,
-) -> Run:
-    """``items`` of ``(image path, prompt, box threshold, text threshold)``.
-
-    Default: the per-image cache, ``set_image`` when the image changes, ``predict`` per prompt.
-    ``cold``: one ``segment(path, prompt, **cold)`` call per item instead (warm models).
-    """
-    from grounded_seg import segment
-
-    meter = grounded_seg_meter(gs, device)
-    sync = synchronizer(device)
-    outputs = []
-    base = reset_peak_memory(device)
-    with meter.attached(), meter.counting_flops() if flops else contextlib.nullcontext():
-        sync()
-        start = time.perf_counter()
-        current = None
-        for image_path, prompt, box_threshold, text_threshold in items:
-            if cold is not None:
-                det = segment(
-                    image_path,
-                    prompt,
-                    box_threshold=box_threshold,
-                    text_threshold=text_threshold,
-                    **cold,
-                )
-            else:
-                if image_path != current:
-                    gs.set_image(image_path)
-                    current = image_path
-                det = gs.predict(prompt, box_threshold, text_threshold)
-            outputs.append((det.xyxy, det.mask))
-        sync()
-        seconds = time.perf_counter() - start
-        gs.reset_image()
-    return Run(
-        seconds,
-        dict(meter.seconds),
-        dict(meter.flops) if flops else None,
-        peak_memory_bytes(device),
-        base,
-        [len(xyxy) for xyxy, _ in outputs],
-        outputs,
-    )
-
-
-def ranked_scores(gs: Any, image: str, prompt: str) -> list[float]:
-    """The ``N_BOXES + 1`` best query scores of ``gs`` on ``image`` and ``prompt`` (best first):
-    each query's best token probability, as ``predict`` compares them with the box threshold."""
-    from grounded_seg.images import load_image
-    from grounded_seg.prompts import normalize_prompt
-
-    proposer = gs.proposer
-    state = proposer.encode_image(load_image(image))
-    text_pass = proposer.text_passes(normalize_prompt(prompt))[0]
-    logits, _ = proposer.forward_pass(state, text_pass)
-    probs = logits.float().sigmoid().nan_to_num(0.0).max(-1).values
-    return [float(v) for v in probs.sort(descending=True).values[: N_BOXES + 1]]
-
-
-@dataclass
-class Calibration:
-    """A box threshold, and how safely it splits both pipelines' scores."""
-
-    threshold: float
-    margin: float  # distance to the nearest of the N-th / (N+1)-th scores of either side
-    score_diff: float  # largest difference between the two sides' N + 1 best scores
-    common_gap: bool  # False: the sides' gaps do not overlap; calibrated on the reference alone
-
-
-def common_threshold(reference: list[float], ours: list[float]) -> Calibration:
-    """A threshold that sends ``N_BOXES`` boxes to SAM in both pipelines: midway in the overlap
-    of the gaps between their N-th and (N+1)-th best scores.
-
-    With random weights the top query scores nearly tie (gaps of 1e-5 are common) and float32
-    rounding, amplified through twelve random transformer layers, moves them by about as much
-    (the stock transformers model's top scores move by 5e-6 between 1 and 2 threads), so a
-    threshold midway in the reference's gap alone can let one side keep a fourth box.
-    Both sides get the same threshold; where their gaps do not overlap, the reference's midway
-    is kept and the box counts may differ (reported)."""
-    low = max(reference[N_BOXES], ours[N_BOXES])
-    high = min(reference[N_BOXES - 1], ours[N_BOXES - 1])
-    diff = max(abs(a - b) for a, b in zip(reference, ours, strict=True))
-    if high > low:
-        threshold = (low + high) / 2
-        return Calibration(threshold, (high - low) / 2, diff, True)
-    threshold = (reference[N_BOXES - 1] + reference[N_BOXES]) / 2
-    margin = min(abs(threshold - v) for v in (*reference[N_BOXES - 1 :], *ours[N_BOXES - 1 :]))
-    return Calibration(threshold, margin, diff, False)
-
-
-def fast_threshold(gs: Any, image: str, prompt: str, fallback: float) -> float:
-    """The box threshold that sends ``N_BOXES`` boxes of ``gs`` (the fast path) to SAM: midway
-    between its N-th and (N+1)-th best query, as the reference is calibrated."""
-    ranked = ranked_scores(gs, image, prompt)
-    threshold = (ranked[N_BOXES - 1] + ranked[N_BOXES]) / 2
-    return threshold if 0.0 < threshold < 1.0 else fallback
-
-
-def run_reference(
-    ref: ReferenceProcess, items: list, sam: str, out: Path, *, flops: bool = False
-) -> Run:
-    import numpy as np
-
-    answer = ref.call("run", items=items, sam=sam, out=str(out), flops=flops)
-    arrays = np.load(out)
-    outputs = [(arrays[f"xyxy{i}"], arrays[f"masks{i}"]) for i in range(len(items))]
-    return Run(
-        answer["seconds"],
-        answer["stages"],
-        answer["flops"],
-        answer["peak_memory"],
-        answer["base_memory"],
-        answer["boxes"],
-        outputs,
-    )
-
-
-# --------------------------------------------------------------------------- output checks
-
-
-@dataclass
-class Agreement:
-    same_counts: bool = True
-    box_diff: float = 0.0  # max abs coordinate difference, pixels
-    pixels_differing: int = 0
-    pixels: int = 0
-    min_iou: float = 1.0
-
-    def line(self) -> str:
-        if not self.same_counts:
-            return "**box counts differ**"
-        if self.pixels == 0:
-            return "no boxes on either side"
-        return (
-            f"boxes ≤ {self.box_diff:.1e} px; masks: {self.pixels_differing} of {self.pixels:,} "
-            f"px differ (min IoU {self.min_iou:.5f})"
-        )
-
-
-def compare(ours: Run, reference: Run) -> Agreement:
-    """Match each grounded_seg box to its nearest reference box (the official ``predict``
-    returns boxes in query order, grounded_seg by score) and compare boxes and masks."""
-    import numpy as np
-
-    if not ours.outputs or len(ours.outputs) != len(reference.outputs):
-        raise ValueError(
-            f"expected the outputs of the same items, got {len(ours.outputs)} from grounded_seg "
-            f"and {len(reference.outputs)} from the reference"
-        )
-    agreement = Agreement()
-    for (xyxy, masks), (ref_xyxy, ref_masks) in zip(ours.outputs, reference.outputs, strict=True):
-        if len(xyxy) != len(ref_xyxy):
-            agreement.same_counts = False
-            continue
-        h, w = masks.shape[1:] if len(masks) else (0, 0)
-        ref_xyxy = ref_xyxy.copy()
-        if len(ref_xyxy):
-            ref_xyxy[:, 0::2] = ref_xyxy[:, 0::2].clip(0, w)
-            ref_xyxy[:, 1::2] = ref_xyxy[:, 1::2].clip(0, h)
-        for box, mask in zip(xyxy, masks, strict=True):
-            j = int(np.abs(ref_xyxy - box).sum(axis=1).argmin())
-            agreement.box_diff = max(agreement.box_diff, float(np.abs(ref_xyxy[j] - box).max()))
-            ref_mask = ref_masks[j].astype(bool)
-            differ = int((mask != ref_mask).sum())
-            union = int((mask | ref_mask).sum())
-            agreement.pixels_differing += differ
-            agreement.pixels += mask.size
-            iou = 1.0 if union == 0 else int((mask & ref_mask).sum()) / union
-            agreement.min_iou = min(agreement.min_iou, iou)
-    return agreement
-
-
-# --------------------------------------------------------------------------- report
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
-
-
-def measured_matmul_tflops(device: Any, repeats: int = 5, dtype: Any = None) -> float:
-    """Dense matmul throughput (fp32 unless ``dtype``) on this device and thread count (the
-    practical ceiling): the median of ``repeats`` products of two 4096 x 4096 (CPU) or
-    8192 x 8192 matrices, after two untimed ones."""
-    import torch
-
-    n = 4096 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    sync = synchronizer(device)
-    times = []
-    for _ in range(repeats + 2):
-        sync()
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / median(times[2:]) / 1e12
-
-
-def stage_rows(ours: list[Run], ref: list[Run], flops: tuple[Run, Run], peak: float) -> list[str]:
-    lines = [
-        "| stage | reference s | grounded_seg s | speed-up | GFLOP reference / grounded_seg "
-        f"| grounded_seg GFLOP/s | % of {peak:.2f} TFLOP/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    ours_flops, ref_flops = flops[0].flops or {}, flops[1].flops or {}
-    for stage in (*STAGES, "rest", "total"):
-        if stage == "total":
-            o, r = median([x.seconds for x in ours]), median([x.seconds for x in ref])
-        elif stage == "rest":
-            o = median([x.seconds - sum(x.stages.values()) for x in ours])
-            r = median([x.seconds - sum(x.stages.values()) for x in ref])
-        else:
-            o, r = median([x.stages[stage] for x in ours]), median([x.stages[stage] for x in ref])
-        of = sum(ours_flops.values()) if stage == "total" else ours_flops.get(stage, 0)
-        rf = sum(ref_flops.values()) if stage == "total" else ref_flops.get(stage, 0)
-        counted = f"{rf / 1e9:,.1f} / {of / 1e9:,.1f}" if stage != "rest" else ""
-        rate = of / o if o > 1e-4 and of else 0.0
-        rate_cells = f"{rate / 1e9:,.1f} | {100 * rate / (peak * 1e12):.0f}%" if rate else " | "
-        ratio = f"{r / o:.2f}x" if o > 1e-4 else ""
-        name = f"**{stage}**" if stage == "total" else stage
-        lines.append(f"| {name} | {r:.3f} | {o:.3f} | {ratio} | {counted} | {rate_cells} |")
-    return lines
-
-
 # --------------------------------------------------------------------------- main
 
 
 def run(args: argparse.Namespace) -> int:
     script_start = time.perf_counter()
-    _set_offline_env(args.threads)
+    set_offline_env(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -474,13 +155,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("--reuse-memory: this platform's malloc has no such settings")
         os.environ.update(ENV)
 
-    from PIL import Image
-
-    image_paths = []
-    for seed in range(BATCH):
-        path = workdir / f"image{seed}.png"
-        Image.fromarray(make_image(seed)).save(path)
-        image_paths.append(str(path))
+    image_paths = write_images(workdir)
 
     ref = ReferenceProcess(args.oracle_python, workdir / "reference.log")
     try:
@@ -520,25 +195,7 @@ def run(args: argparse.Namespace) -> int:
             return calibration.threshold
 
         logger.info("calibrating thresholds")
-        t1 = threshold(image_paths[0], PROMPT)
-        cases: dict[int, dict[str, Any]] = {}
-        one = [(image_paths[0], PROMPT, t1, TEXT_THRESHOLD)]
-        if 1 in args.cases:
-            cases[1] = {"items": one, "sam": "vit_b", "title": "1 image, 1 prompt, SAM-B"}
-        if 2 in args.cases:
-            cases[2] = {"items": one, "sam": "vit_h", "title": "1 image, 1 prompt, SAM-H"}
-        if 3 in args.cases:
-            five = [
-                (image_paths[0], p, threshold(image_paths[0], p), TEXT_THRESHOLD)
-                for p in FIVE_PROMPTS
-            ]
-            cases[3] = {"items": five, "sam": "vit_b", "title": "1 image, 5 prompts", "cold": True}
-        if 4 in args.cases:
-            batch = [(p, PROMPT, threshold(p, PROMPT), TEXT_THRESHOLD) for p in image_paths]
-            cases[4] = {"items": batch, "sam": "vit_b", "title": f"{BATCH} images, 1 prompt"}
-        if 5 in args.cases:
-            none = [(image_paths[0], PROMPT, NO_BOX_THRESHOLD, TEXT_THRESHOLD)]
-            cases[5] = {"items": none, "sam": "vit_b", "title": "no box found"}
+        one, cases = make_cases(args.cases, image_paths, threshold)
 
         pipelines = {"vit_b": gs}
         if 2 in cases:
@@ -546,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
             pipelines["vit_h"] = GroundedSAM(detector=gs.proposer, segmenter=sam_h, device=device)
 
         fast_pipelines = {}
-        fast_items: dict[int, list] = {}
+        fast_items: dict[int, list[Item]] = {}
         if args.fast:
             fast_pipelines["vit_b"] = GroundedSAM(
                 detector=detector,
@@ -562,17 +219,7 @@ def run(args: argparse.Namespace) -> int:
                     device=device,
                     dtype=args.fast,
                 )
-            # the fast path's scores are not fp32's, and random weights make the top scores
-            # nearly tie: calibrated on its own so that it also sends N_BOXES boxes to SAM (the
-            # same work); how far its boxes are from fp32's is reported, not hidden
-            fast = fast_pipelines["vit_b"]
-            for number, case in cases.items():
-                fast_items[number] = [
-                    (image, prompt, fast_threshold(fast, image, prompt, box), text)
-                    if box != NO_BOX_THRESHOLD
-                    else (image, prompt, box, text)
-                    for image, prompt, box, text in case["items"]
-                ]
+            fast_items = fast_case_items(fast_pipelines["vit_b"], cases)
 
         logger.info("warm-up")
         for sam, pipeline in pipelines.items():
@@ -599,33 +246,9 @@ def run(args: argparse.Namespace) -> int:
                 run_reference(ref, one, sam, workdir / "flops.npz", flops=True),
             )
 
-        results: dict[int, dict[str, list[Run]]] = {}
-        for number, case in cases.items():
-            logger.info("case %d: %s", number, case["title"])
-            runs: dict[str, list[Run]] = {"reference": [], "grounded_seg": []}
-            if case.get("cold"):
-                runs["grounded_seg, cold segment() calls"] = []
-            fast_name = f"grounded_seg {args.fast} (fast path)"
-            if case["sam"] in fast_pipelines:
-                runs[fast_name] = []
-            pipeline = pipelines[case["sam"]]
-            for repeat in range(args.repeats):
-                order = list(runs) if repeat % 2 == 0 else list(reversed(runs))
-                for name in order:
-                    if name == "reference":
-                        out = workdir / f"case{number}.npz"
-                        runs[name].append(run_reference(ref, case["items"], case["sam"], out))
-                    elif name == "grounded_seg":
-                        runs[name].append(run_grounded_seg(pipeline, case["items"], device))
-                    elif name == fast_name:
-                        fast = fast_pipelines[case["sam"]]
-                        runs[name].append(run_grounded_seg(fast, fast_items[number], device))
-                    else:
-                        runs[name].append(
-                            run_grounded_seg(pipeline, case["items"], device, cold=cold)
-                        )
-                    logger.info("  %s: %.2f s", name, runs[name][-1].seconds)
-            results[number] = runs
+        results = time_cases(
+            args, ref, cases, pipelines, fast_pipelines, fast_items, cold, device, workdir
+        )
         info_ref = setup["versions"]
     finally:
         ref.close()
@@ -648,154 +271,45 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def target_lines(device: Any, results: dict[int, dict[str, list[Run]]]) -> list[str]:
-    """The issue's CPU targets, as measured in this run."""
-    if device.type != "cpu":
-        return []
-
-    def med(case: int, name: str) -> float:
-        return median([r.seconds for r in results[case][name]])
-
-    lines = []
-    if 1 in results:
-        ratio = med(1, "reference") / med(1, "grounded_seg")
-        verdict = "met" if ratio >= 1.3 else "missed"
-        lines.append(f"- target, case 1 >= 1.30x the reference: {ratio:.2f}x ({verdict})")
-    if 3 in results:
-        ratio = med(3, "grounded_seg, cold segment() calls") / med(3, "grounded_seg")
-        verdict = "met" if ratio >= 3 else "missed"
-        lines.append(
-            f"- target, case 3 >= 3.00x five cold `segment()` calls: {ratio:.2f}x ({verdict})"
-        )
-    return lines
-
-
-def fast_path_lines(
-    dtype: str, results: dict[int, dict[str, list[Run]]], flop_runs: dict, fast_peak: float
-) -> list[str]:
-    """The fast path against the reference, and its SAM encoder against the dense half-precision
-    matmul rate (the FLOPs are those of the fp32 pass: autocast changes the precision, not the
-    arithmetic)."""
-    name = f"grounded_seg {dtype} (fast path)"
-    lines = []
-    for number, runs in results.items():
-        if name not in runs or not runs[name][-1].outputs:
-            continue
-        ref = median([r.seconds for r in runs["reference"]])
-        fast = median([r.seconds for r in runs[name]])
-        fp32 = median([r.seconds for r in runs["grounded_seg"]])
-        same = compare(runs[name][-1], runs["grounded_seg"][-1]).line()
-        lines.append(
-            f"- fast path, case {number}: {ref / fast:.2f}x the reference fp32, {fp32 / fast:.2f}x "
-            f"grounded_seg fp32; against grounded_seg fp32: {same}"
-        )
-    for sam, (ours_flops, _) in flop_runs.items():
-        number = 2 if sam == "vit_h" else 1
-        if number not in results or name not in results[number]:
-            continue
-        stage = "sam image encoder"
-        seconds = median([r.stages[stage] for r in results[number][name]])
-        flops = (ours_flops.flops or {}).get(stage, 0)
-        if seconds > 0 and flops:
-            rate = flops / seconds / 1e12
-            lines.append(
-                f"- fast path, case {number} SAM encoder: {flops / 1e9:,.1f} GFLOP in "
-                f"{seconds:.3f} s = {rate:.3f} TFLOP/s, {100 * rate / fast_peak:.0f}% of the "
-                f"measured dense {dtype} matmul ({fast_peak:.2f} TFLOP/s)"
-            )
-    return lines
-
-
-def calibration_line(calibrations: list[Calibration]) -> str:
-    """How the fp32 thresholds split both sides' scores, for the block's header."""
-    if not calibrations:
-        return "- box thresholds: none calibrated"
-    common = [c for c in calibrations if c.common_gap]
-    line = (
-        f"- box thresholds ({len(calibrations)} image/prompt pairs): midway in the overlap of "
-        f"both pipelines' gaps between their {N_BOXES} best query scores and the next one "
-        f"({len(common)} of {len(calibrations)} overlap); the two sides' {N_BOXES + 1} best "
-        f"scores differ by up to {max(c.score_diff for c in calibrations):.1e} (float32 "
-        "rounding through random weights); the nearest of those scores lies "
-        f"{min(c.margin for c in calibrations):.1e} from its threshold"
-    )
-    if len(common) < len(calibrations):
-        line += "; where the gaps do not overlap, the reference's midway (box counts may differ)"
-    return line
-
-
-def report(
-    args, device, cases, results, flop_runs, peaks, info_ref, load_seconds, calibrations
-) -> str:
-    peak, fast_peak = peaks
-    ours_versions = ", ".join(f"{k} {v}" for k, v in versions().items())
-    ref_versions = ", ".join(f"{k} {v}" for k, v in info_ref.items())
-    peak_source = "nominal, --peak-tflops" if args.peak_tflops else "measured: dense fp32 matmul"
-    command = "python benchmarks/vs_reference.py " + " ".join(sys.argv[1:])
-    lines = [
-        f"## grounded_seg vs the reference Grounded-SAM pipeline, {device.type}"
-        + (", both processes keeping freed memory (`--reuse-memory`)" if args.reuse_memory else "")
-        + ", "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        "",
-        f"- machine: {machine_line(device)}",
-        f"- grounded_seg side: {ours_versions}",
-        f"- reference side (its own process): {ref_versions}",
-        f"- command: `{command.replace(str(args.oracle_python), 'ORACLE/bin/python')}`",
-        "- models: official Grounding DINO Swin-T + BERT-base and SAM ViT-B"
-        + (" / ViT-H" if 2 in cases else "")
-        + ", random weights built by the official code, saved as official .pth files; "
-        f"grounded_seg loads the same files ({load_seconds:.2f} s, a one-time conversion "
-        "included when its cache is empty)",
-        f"- inputs: {BATCH} synthetic 1200x800 PNG images (decoded by each pipeline), prompts "
-        f"`{PROMPT}` and {', '.join(f'`{p}`' for p in FIVE_PROMPTS[1:])}; box thresholds "
-        f"calibrated so that {N_BOXES} boxes reach SAM; fp32"
-        + (f" (the fast-path rows: {args.fast} autocast, float32 weights)" if args.fast else "")
-        + (f"; {args.threads} torch threads in each process" if device.type == "cpu" else ""),
-        calibration_line(calibrations),
-        f"- statistics: median (min, max) of {args.repeats} timed runs per pipeline, alternating, "
-        "after one warm-up run of each; speed-up = reference median / grounded_seg median",
-        "",
-        "| case | pipeline | median s | min s | max s | speed-up | peak memory (rise in the run) "
-        "| boxes | outputs against the reference (last run) |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for number, runs in results.items():
-        ref_median = median([r.seconds for r in runs["reference"]])
-        for name, samples in runs.items():
-            times = [r.seconds for r in samples]
-            med = median(times)
-            speed = "" if name == "reference" else f"{ref_median / med:.2f}x"
-            worst = max(samples, key=lambda r: r.peak_memory - r.base_memory)
-            memory = f"{mib(worst.peak_memory)} (+{mib(worst.peak_memory - worst.base_memory)})"
-            agreement = (
-                "" if name == "reference" else compare(samples[-1], runs["reference"][-1]).line()
-            )
-            lines.append(
-                f"| {number}. {cases[number]['title']} | {name} | {med:.2f} | {min(times):.2f} "
-                f"| {max(times):.2f} | {speed} | {memory} | {samples[-1].boxes} | {agreement} |"
-            )
-        if "grounded_seg, cold segment() calls" in runs:
-            cold = median([r.seconds for r in runs["grounded_seg, cold segment() calls"]])
-            cached = median([r.seconds for r in runs["grounded_seg"]])
-            lines.append(
-                f"| | per-image cache vs cold `segment()` | | | | {cold / cached:.2f}x | | | |"
-            )
-    lines += ["", *target_lines(device, results)]
-    if args.fast:
-        lines += fast_path_lines(args.fast, results, flop_runs, fast_peak)
-    for sam, (ours_flops, ref_flops) in flop_runs.items():
-        number = 2 if sam == "vit_h" else 1
-        if number not in results:
-            continue
-        runs = results[number]
-        lines += [
-            "",
-            f"Per stage, case {number} (medians; FLOPs from one counted pass; {peak_source}):",
-            "",
-            *stage_rows(runs["grounded_seg"], runs["reference"], (ours_flops, ref_flops), peak),
-        ]
-    return "\n".join(lines)
+def time_cases(
+    args: argparse.Namespace,
+    ref: ReferenceProcess,
+    cases: dict[int, dict[str, Any]],
+    pipelines: dict[str, Any],
+    fast_pipelines: dict[str, Any],
+    fast_items: dict[int, list[Item]],
+    cold: dict[str, Any],
+    device: Any,
+    workdir: Path,
+) -> dict[int, dict[str, list[Run]]]:
+    """``args.repeats`` timed runs of every pipeline on every case, alternating: the pipelines'
+    order is reversed on odd repeats."""
+    results: dict[int, dict[str, list[Run]]] = {}
+    for number, case in cases.items():
+        logger.info("case %d: %s", number, case["title"])
+        runs: dict[str, list[Run]] = {"reference": [], "grounded_seg": []}
+        if case.get("cold"):
+            runs["grounded_seg, cold segment() calls"] = []
+        fast_name = f"grounded_seg {args.fast} (fast path)"
+        if case["sam"] in fast_pipelines:
+            runs[fast_name] = []
+        pipeline = pipelines[case["sam"]]
+        for repeat in range(args.repeats):
+            order = list(runs) if repeat % 2 == 0 else list(reversed(runs))
+            for name in order:
+                if name == "reference":
+                    out = workdir / f"case{number}.npz"
+                    runs[name].append(run_reference(ref, case["items"], case["sam"], out))
+                elif name == "grounded_seg":
+                    runs[name].append(run_grounded_seg(pipeline, case["items"], device))
+                elif name == fast_name:
+                    fast = fast_pipelines[case["sam"]]
+                    runs[name].append(run_grounded_seg(fast, fast_items[number], device))
+                else:
+                    runs[name].append(run_grounded_seg(pipeline, case["items"], device, cold=cold))
+                logger.info("  %s: %.2f s", name, runs[name][-1].seconds)
+        results[number] = runs
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

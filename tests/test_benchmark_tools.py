@@ -16,7 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from _stages import StageMeter
-from vs_reference import N_BOXES, Run, common_threshold, compare
+from _vs_cases import N_BOXES, common_threshold
+from _vs_runs import Run, compare
 
 
 def test_stage_meter_counts_each_stage_exactly() -> None:
