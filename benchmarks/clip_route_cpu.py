@@ -69,7 +69,8 @@ def main() -> int:
 
     import numpy as np
     import torch
-    from e2e_cpu import ensure_models, find_vocab, machine_line, make_image, versions
+    from _machine import machine_line, versions, versions_text
+    from _synthetic import ensure_models, find_vocab, make_image
 
     from grounded_seg import GroundedSAM
     from grounded_seg.segmenters.sam_auto import AutoMaskConfig
@@ -120,7 +121,7 @@ def main() -> int:
 
     lines = [
         f"- machine: {machine_line(torch.device(args.device))}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "- versions: " + versions_text(versions()),
         f"- command: `python benchmarks/clip_route_cpu.py --repeats {args.repeats}`",
         "- models: CLIP ViT-B/32 and SAM ViT-B, full size, random weights; filters opened "
         "(random SAM keeps nothing at IoU 0.88 / stability 0.95); 1200x800 image",

@@ -25,13 +25,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from e2e_cpu import (  # noqa: E402
-    machine_line,
-    make_image,
-    random_sam_vit_b,
-    versions,
-    write_results,
-)
+from _machine import machine_line, versions, versions_text  # noqa: E402
+from _results import write_results  # noqa: E402
+from _synthetic import make_image, random_sam_vit_b  # noqa: E402
 
 logger = logging.getLogger("compile_sam")
 
@@ -99,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             f"## SAM image encoder, torch.compile opt-in, {device.type}",
             "",
             f"- machine: {machine_line(device)}",
-            "- versions: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+            "- versions: " + versions_text(info),
             f"- command: `{command.strip()}`",
             f"- SAM ViT-B, random weights (N(0, 0.02)), 1024 x 1024, {args.threads} thread(s) "
             f"on the CPU; medians of {args.repeats} alternating runs after a warm-up",

@@ -56,44 +56,40 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
-import multiprocessing
 import os
-import platform
-import re
-import resource
 import shlex
-import shutil
-import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _e2e_report import markdown_table
+from _e2e_timing import (
+    ZERO,
+    Clock,
+    Sample,
+    StageTimer,
+    calibrate_threshold,
+    instrument,
+    peak_rss_mib,
+)
+from _machine import machine_line, set_offline_env, versions, versions_text
+
+# write_results and SAM_VISION_INIT_STD are also imported from here by other benchmarks
+from _results import write_results
+from _synthetic import (
+    DECODER_NORM_SCALE,
+    SAM_VISION_INIT_STD,
+    ensure_models,
+    find_vocab,
+    make_image,
+)
 
 logger = logging.getLogger("e2e_cpu")
 
 HERE = Path(__file__).resolve().parent
-GDINO_DIR = "grounding-dino-swin-t-random"
-SAM_DIR = "sam-vit-b-random"
-META_FILE = "models.json"
-IMAGE_HEIGHT, IMAGE_WIDTH = 800, 1200
-DECODER_NORM_SCALE = 0.05  # de-saturates Grounding DINO's random token logits (module doc)
-SAM_VISION_INIT_STD = 0.02  # instead of SamVisionConfig's 1e-10 (subnormals; module doc)
-RECIPE_VERSION = 2  # bump when the way the random models are made changes: they are rebuilt
-
-
-def _set_offline_env(threads: int) -> None:
-    """Nothing may be downloaded; thread pools sized before torch is imported."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,403 +133,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------------------------- models on disk
-
-
-def find_vocab(explicit: Path | None) -> Path:
-    """The real bert-base-uncased ``vocab.txt`` (30522 entries)."""
-    if explicit is not None:
-        path = explicit
-    else:  # the tests' copy, rebuilt and checked from a small package (tests/bert_vocab.py)
-        sys.path.insert(0, str(HERE.parent / "tests"))
-        from bert_vocab import write_bert_vocab
-
-        folder = Path(os.environ.get("TMPDIR", "/tmp")) / "grounded-seg-bert-vocab"
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            path = write_bert_vocab(folder)
-        except FileNotFoundError as err:
-            raise SystemExit(
-                f"{err}; or pass --vocab path/to/bert-base-uncased/vocab.txt"
-            ) from None
-    if not path.is_file():
-        raise SystemExit(f"vocabulary not found: {path}")
-    return path
-
-
-def recipe(seed: int) -> dict[str, Any]:
-    """What the saved models depend on; a folder made with another recipe is rebuilt."""
-    return {
-        "version": RECIPE_VERSION,
-        "seed": seed,
-        "decoder_norm_scale": DECODER_NORM_SCALE,
-        "sam_vision_init_std": SAM_VISION_INIT_STD,
-    }
-
-
-def random_sam_vit_b(seed: int) -> Any:
-    """SAM ViT-B (``SamConfig()`` defaults) with random weights at the scale of real ones: the
-    image encoder's Linear/Conv weights drawn from N(0, ``SAM_VISION_INIT_STD``) (module doc)."""
-    import torch
-    from transformers import SamConfig, SamModel
-
-    torch.manual_seed(seed)
-    model = SamModel(SamConfig()).eval()
-    with torch.no_grad():
-        for module in model.vision_encoder.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                module.weight.normal_(0.0, SAM_VISION_INIT_STD)
-    return model
-
-
-def build_models(out_dir: str, seed: int, vocab: str, threads: int) -> None:
-    """Build both random full-size models and save them (runs in a child process)."""
-    _set_offline_env(threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    import torch
-    import transformers
-    from transformers import (
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessorPil,
-        SamImageProcessorPil,
-    )
-
-    torch.set_num_threads(threads)
-    out = Path(out_dir)
-    params: dict[str, int] = {}
-
-    folder = out / GDINO_DIR
-    shutil.rmtree(folder, ignore_errors=True)
-    logger.info("building Grounding DINO Swin-T (random weights, seed %d) in %s", seed, folder)
-    torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval()
-    with torch.no_grad():
-        norm = model.model.decoder.layer_norm
-        norm.weight.mul_(DECODER_NORM_SCALE)
-        norm.bias.mul_(DECODER_NORM_SCALE)
-    params["detector"] = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(folder)
-    del model
-    BertTokenizer(vocab=vocab, do_lower_case=True).save_pretrained(folder)
-    GroundingDinoImageProcessorPil().save_pretrained(folder)
-
-    folder = out / SAM_DIR
-    shutil.rmtree(folder, ignore_errors=True)
-    logger.info("building SAM ViT-B (random weights, seed %d) in %s", seed, folder)
-    model = random_sam_vit_b(seed)
-    params["segmenter"] = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(folder)
-    del model
-    SamImageProcessorPil().save_pretrained(folder)
-
-    meta = {"recipe": recipe(seed), "transformers": transformers.__version__, "params": params}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")  # written last: "complete"
-
-
-def ensure_models(out_dir: Path, seed: int, vocab: Path, threads: int) -> tuple[Path, Path]:
-    """The two model folders, built in a child process unless a complete set of this recipe exists.
-
-    Building in a child keeps the random initialisation out of this process's peak RSS.
-    """
-    gdino, sam = out_dir / GDINO_DIR, out_dir / SAM_DIR
-    meta_path = out_dir / META_FILE
-    complete = meta_path.is_file() and all(
-        (folder / name).is_file()
-        for folder in (gdino, sam)
-        for name in ("config.json", "model.safetensors", "preprocessor_config.json")
-    )
-    if complete and json.loads(meta_path.read_text()).get("recipe") == recipe(seed):
-        logger.info("reusing the random models in %s", out_dir)
-        return gdino, sam
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)
-    start = time.perf_counter()
-    child = multiprocessing.get_context("spawn").Process(
-        target=build_models, args=(str(out_dir), seed, str(vocab), threads)
-    )
-    child.start()
-    child.join()
-    if child.exitcode != 0 or not meta_path.is_file():
-        raise SystemExit(f"building the random models failed (exit code {child.exitcode})")
-    logger.info("built and saved both models in %.1f s", time.perf_counter() - start)
-    return gdino, sam
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def make_image(seed: int, height: int = IMAGE_HEIGHT, width: int = IMAGE_WIDTH) -> Any:
-    """A deterministic RGB uint8 ``(height, width, 3)`` image: coloured shapes on a noisy ramp."""
-    import cv2
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    gradient = np.stack([xx / width, yy / height, 1 - xx / width], axis=-1) * 120 + 40
-    noise = rng.normal(0, 25, (height, width, 3)).astype(np.float32)
-    image = np.clip(gradient + noise, 0, 255).astype(np.uint8)
-    cv2.rectangle(image, (80, 90), (420, 500), (210, 40, 40), thickness=-1)
-    cv2.circle(image, (700, 300), 170, (40, 180, 60), thickness=-1)
-    cv2.ellipse(image, (960, 580), (180, 110), 25, 0, 360, (50, 70, 220), thickness=-1)
-    triangle = np.array([[300, 760], [560, 520], [640, 780]], np.int32)
-    cv2.fillPoly(image, [triangle], (230, 210, 40))
-    cv2.rectangle(image, (880, 60), (1150, 260), (150, 60, 170), thickness=-1)
-    return np.ascontiguousarray(image)
-
-
-# --------------------------------------------------------------------------- timing
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process (all its threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One timed span: wall seconds and the process's CPU seconds over it."""
-
-    wall: float
-    cpu: float
-
-    def __add__(self, other: Sample) -> Sample:
-        return Sample(self.wall + other.wall, self.cpu + other.cpu)
-
-    def __sub__(self, other: Sample) -> Sample:
-        return Sample(self.wall - other.wall, self.cpu - other.cpu)
-
-
-ZERO = Sample(0.0, 0.0)
-
-
-class Clock:
-    """Wall and CPU time, with the device synchronised at both ends of every span."""
-
-    def __init__(self, sync: Callable[[], None]) -> None:
-        self.sync = sync
-
-    @contextmanager
-    def span(self, out: list[Sample]) -> Iterator[None]:
-        self.sync()
-        wall, cpu = time.perf_counter(), cpu_seconds()
-        try:
-            yield
-        finally:
-            self.sync()
-            out.append(Sample(time.perf_counter() - wall, cpu_seconds() - cpu))
-
-
-class StageTimer:
-    """Accumulates the time of wrapped bound methods, keyed by stage name."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.stages: dict[str, Sample] = defaultdict(lambda: ZERO)
-
-    def wrap(self, obj: Any, method: str, stage: str) -> None:
-        original = getattr(obj, method)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            spans: list[Sample] = []
-            try:
-                with self.clock.span(spans):
-                    return original(*args, **kwargs)
-            finally:
-                self.stages[stage] += spans[0]
-
-        setattr(obj, method, timed)  # an instance attribute shadows the class's method
-
-    def take(self) -> dict[str, Sample]:
-        stages, self.stages = dict(self.stages), defaultdict(lambda: ZERO)
-        return stages
-
-
-def instrument(gs: Any, timer: StageTimer) -> None:
-    timer.wrap(gs.proposer, "encode_image", "gdino_pre")
-    timer.wrap(gs.proposer, "propose", "gdino_propose")
-    timer.wrap(gs.segmenter, "encode_image", "sam_pre")
-    timer.wrap(gs.segmenter, "image_embeddings", "sam_embed")
-    timer.wrap(gs.segmenter, "segment", "sam_segment")
-
-
-def calibrate_threshold(gs: Any, image: Any, prompt: str, n_boxes: int) -> tuple[float, list]:
-    """A box threshold that keeps exactly ``n_boxes`` proposals for ``prompt`` on ``image``."""
-    from grounded_seg import normalize_prompt
-
-    normalized = normalize_prompt(prompt)
-    state = gs.proposer.encode_image(image)
-    everything = gs.proposer.propose(state, normalized, 0.0, 0.25)
-    scores = sorted((float(s) for s in everything.scores), reverse=True)
-    if len(scores) < n_boxes:
-        raise SystemExit(f"only {len(scores)} proposals for {prompt!r}, {n_boxes} asked for")
-    upper = scores[n_boxes - 1]
-    lower = scores[n_boxes] if len(scores) > n_boxes else 0.0
-    threshold = (upper + lower) / 2
-    kept = gs.proposer.propose(state, normalized, threshold, 0.25)  # backbone output is cached
-    if not upper > threshold > lower or len(kept) != n_boxes:
-        raise SystemExit(
-            f"cannot keep exactly {n_boxes} boxes for {prompt!r}: scores {scores[: n_boxes + 2]}"
-        )
-    return threshold, scores[: n_boxes + 1]
-
-
-def peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-# --------------------------------------------------------------------------- machine
-
-
-def machine_line(device: Any) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        match = re.search(
-            r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE
-        )
-        if match:
-            cpu = match.group(1).strip()
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    try:
-        ram = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
-    except (ValueError, OSError, AttributeError):
-        ram = ""
-    line = (
-        f"{platform.system()} {platform.machine()}, {cpu}, os.cpu_count()={os.cpu_count()} "
-        f"(usable {usable}){ram}"
-    )
-    if device.type == "cuda":
-        import torch
-
-        line += f"; GPU: {torch.cuda.get_device_name(device)}"
-    return line
-
-
-def versions() -> dict[str, str]:
-    import numpy
-    import torch
-    import transformers
-
-    import grounded_seg
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
-        "grounded_seg": grounded_seg.__version__,
-    }
-
-
-# --------------------------------------------------------------------------- report
-
-ROWS = (
-    # (key, label, indent)
-    ("load", "model load: `GroundedSAM(detector=dir, segmenter=dir)`", 0),
-    ("cold_total", "cold call: `set_image` + `predict` (fresh image)", 0),
-    ("cold_gdino_pre", "Grounding DINO preprocessing (in `set_image`)", 1),
-    ("cold_gdino_propose", "Grounding DINO propose (Swin-T + BERT + encoder/decoder)", 1),
-    ("cold_sam_pre", "SAM preprocessing", 1),
-    ("cold_sam_embed", "SAM ViT-B image encoder", 1),
-    ("cold_sam_decode", "SAM prompt encoder + mask decoder + mask post-processing", 1),
-    ("cold_other", "other (image checks, prompt, box decoding, Detections)", 1),
-    ("warm_total", "second prompt: `predict` only (cached image)", 0),
-    ("warm_gdino_propose", "Grounding DINO propose (image backbone output cached)", 1),
-    ("warm_sam_decode", "SAM mask decoder + post-processing (embedding cached)", 1),
-    ("warm_other", "other", 1),
-)
-
-
-def markdown_table(results: dict[str, list[Sample]], boxes: dict[str, int]) -> str:
-    lines = [
-        "| stage | median s | min s | max s | CPU/wall | boxes |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for key, label, indent in ROWS:
-        samples = results.get(key)
-        if not samples:
-            continue
-        walls = [s.wall for s in samples]
-        med, lo, hi = statistics.median(walls), min(walls), max(walls)
-        ratios = [s.cpu / s.wall for s in samples if s.wall > 0.05]  # tiny spans: no ratio
-        ratio = f"{statistics.median(ratios):.2f}" if ratios else ""
-        name = ("&nbsp;&nbsp;&nbsp;&nbsp;↳ " + label) if indent else f"**{label}**"
-        count = str(boxes[key]) if key in boxes else ""
-        lines.append(f"| {name} | {med:.3f} | {lo:.3f} | {hi:.3f} | {ratio} | {count} |")
-    return "\n".join(lines)
-
-
-def write_results(path: Path, device_type: str, block: str, name: str = "e2e_cpu") -> None:
-    """Replace script ``name``'s block for this device type in ``path`` (or append it); keep
-    everything else."""
-    begin = f"<!-- BEGIN {name} device={device_type} -->"
-    end = f"<!-- END {name} device={device_type} -->"
-    new_block = f"{begin}\n{block.rstrip()}\n{end}"
-    if path.is_file():
-        text = path.read_text()
-    else:
-        text = (
-            "# Benchmarks\n\n"
-            "Written by `benchmarks/e2e_cpu.py`: end-to-end timings of `grounded_seg` with "
-            "full-size Grounding DINO Swin-T (172M) and SAM ViT-B (94M) of random weights "
-            "(the real architectures; no real weights are downloaded; see the script's "
-            "docstring for the two weight-scale corrections). Each block below is replaced when "
-            "the script runs again on that device type; text outside the blocks is kept.\n"
-        )
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: new_block, text)
-    else:
-        text = text.rstrip() + "\n\n" + new_block + "\n"
-    path.write_text(text)
-
-
-# --------------------------------------------------------------------------- main
-
-
-def run(args: argparse.Namespace) -> int:
-    wall_start = time.perf_counter()
-    _set_offline_env(args.threads)
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+def time_loads(
+    args: argparse.Namespace, clock: Clock, gdino_dir: Path, sam_dir: Path, device: Any
+) -> tuple[Any, list[Sample]]:
+    """(a) model load: one warm-up (fills the page cache), then the timed loads; the last
+    pipeline loaded and the timed spans."""
     from grounded_seg import GroundedSAM
-    from grounded_seg.devices import resolve_device
 
-    device = resolve_device(args.device)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    clock = Clock(sync)
-    vocab = find_vocab(args.vocab)
-    gdino_dir, sam_dir = ensure_models(args.out_dir.resolve(), args.seed, vocab, args.threads)
-
-    image = make_image(args.seed)
-    logger.info(
-        "test image %dx%d (W x H); prompts %r (cold) and %r (cached); device %s, %d threads",
-        image.shape[1],
-        image.shape[0],
-        args.prompt,
-        args.second_prompt,
-        device,
-        torch.get_num_threads(),
-    )
-
-    results: dict[str, list[Sample]] = defaultdict(list)
-
-    # (a) model load: one warm-up (fills the page cache), then the timed loads.
+    loads: list[Sample] = []
     gs = None
     for i in range(args.repeats + 1):
         gs = None
@@ -545,31 +152,21 @@ def run(args: argparse.Namespace) -> int:
             "load %s: %.3f s", "warm-up" if i == 0 else f"{i}/{args.repeats}", spans[0].wall
         )
         if i:
-            results["load"].append(spans[0])
+            loads.append(spans[0])
     assert gs is not None
-    rss_after_load = peak_rss_mib()
-    params = {
-        "detector": sum(p.numel() for p in gs.proposer.model.parameters()),
-        "segmenter": sum(p.numel() for p in gs.segmenter.model.parameters()),
-    }
-    logger.info(
-        "parameters: detector %.1fM, segmenter %.1fM",
-        params["detector"] / 1e6,
-        params["segmenter"] / 1e6,
-    )
+    return gs, loads
 
-    thresholds = {}
-    for prompt in (args.prompt, args.second_prompt):
-        threshold, top = calibrate_threshold(gs, image, prompt, args.boxes)
-        thresholds[prompt] = threshold
-        logger.info(
-            "box_threshold %.6f keeps %d boxes for %r (top scores %s)",
-            threshold,
-            args.boxes,
-            prompt,
-            ", ".join(f"{s:.6f}" for s in top),
-        )
 
+def time_calls(
+    args: argparse.Namespace,
+    gs: Any,
+    image: Any,
+    thresholds: dict[str, float],
+    clock: Clock,
+    results: dict[str, list[Sample]],
+) -> tuple[dict[str, int], Sample]:
+    """(b) the cold call and (c) the second prompt, one warm-up then ``args.repeats`` timed runs,
+    stage by stage into ``results``; the boxes per row and the span of all the runs."""
     timer = StageTimer(clock)
     instrument(gs, timer)
     boxes: dict[str, int] = {}
@@ -625,6 +222,63 @@ def run(args: argparse.Namespace) -> int:
             results["warm_gdino_propose"].append(warm_propose)
             results["warm_sam_decode"].append(warm_segment)  # includes the cached-embedding get
             results["warm_other"].append(warm_span[0] - warm_propose - warm_segment)
+    return boxes, infer[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    wall_start = time.perf_counter()
+    set_offline_env(args.threads)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from _stages import synchronizer
+
+    from grounded_seg.devices import resolve_device
+
+    device = resolve_device(args.device)
+    clock = Clock(synchronizer(device))
+    vocab = find_vocab(args.vocab)
+    gdino_dir, sam_dir = ensure_models(args.out_dir.resolve(), args.seed, vocab, args.threads)
+
+    image = make_image(args.seed)
+    logger.info(
+        "test image %dx%d (W x H); prompts %r (cold) and %r (cached); device %s, %d threads",
+        image.shape[1],
+        image.shape[0],
+        args.prompt,
+        args.second_prompt,
+        device,
+        torch.get_num_threads(),
+    )
+
+    results: dict[str, list[Sample]] = defaultdict(list)
+    gs, results["load"] = time_loads(args, clock, gdino_dir, sam_dir, device)
+    rss_after_load = peak_rss_mib()
+    params = {
+        "detector": sum(p.numel() for p in gs.proposer.model.parameters()),
+        "segmenter": sum(p.numel() for p in gs.segmenter.model.parameters()),
+    }
+    logger.info(
+        "parameters: detector %.1fM, segmenter %.1fM",
+        params["detector"] / 1e6,
+        params["segmenter"] / 1e6,
+    )
+
+    thresholds = {}
+    for prompt in (args.prompt, args.second_prompt):
+        threshold, top = calibrate_threshold(gs, image, prompt, args.boxes)
+        thresholds[prompt] = threshold
+        logger.info(
+            "box_threshold %.6f keeps %d boxes for %r (top scores %s)",
+            threshold,
+            args.boxes,
+            prompt,
+            ", ".join(f"{s:.6f}" for s in top),
+        )
+
+    boxes, infer = time_calls(args, gs, image, thresholds, clock, results)
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     rss_end = peak_rss_mib()
     total_wall = time.perf_counter() - wall_start
@@ -634,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     command = "python " + shlex.join(sys.argv)
     notes = [
         f"- machine: {machine_line(device)}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "- versions: " + versions_text(versions()),
         f"- device: {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}",
         f"- command: `{command}`",
         f"- models (random weights, seed {args.seed}, default configs): Grounding DINO Swin-T + "
@@ -651,8 +305,8 @@ def run(args: argparse.Namespace) -> int:
         f"{args.threads} when a stage had its {args.threads} threads' cores to itself",
         f"- peak RSS (ru_maxrss): {rss_after_load:,.0f} MiB after the model loads, "
         f"{rss_end:,.0f} MiB at the end (the models are built in a child process, not counted)",
-        f"- all inference runs (warm-up included): {infer[0].wall:.1f} s wall, "
-        f"{infer[0].cpu / infer[0].wall:.2f} CPU/wall",
+        f"- all inference runs (warm-up included): {infer.wall:.1f} s wall, "
+        f"{infer.cpu / infer.wall:.2f} CPU/wall",
     ]
     if load_before is not None and load_after is not None:
         notes.append(

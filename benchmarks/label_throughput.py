@@ -39,7 +39,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from e2e_cpu import _set_offline_env, ensure_models, find_vocab, make_image, write_results  # noqa: E402
+from _machine import set_offline_env  # noqa: E402
+from _results import write_results  # noqa: E402
+from _synthetic import ensure_models, find_vocab, make_image  # noqa: E402
 
 logger = logging.getLogger("label_throughput")
 BATCH_SIZES = (1, 4, 8)
@@ -171,7 +173,7 @@ def rss_run(args, device: str, work: Path) -> dict[str, Any]:
 
 def _rss_child(count: int, threads: int, device: str, work_dir: str) -> dict[str, Any]:
     """RSS over one long shapes run, sampled every 0.1 s."""
-    _set_offline_env(threads)
+    set_offline_env(threads)
     import torch
 
     import grounded_seg
@@ -215,9 +217,10 @@ def _rss_child(count: int, threads: int, device: str, work_dir: str) -> dict[str
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _set_offline_env(args.threads)
+    set_offline_env(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
+    from _stages import synchronizer
 
     import grounded_seg
     from grounded_seg.devices import resolve_device
@@ -225,10 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     grounded_seg.reuse_freed_memory()  # as the grounded-seg command does
     device = resolve_device(args.device)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    sync = synchronizer(device)
 
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -42,7 +42,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))  # the offline tokenizer builders
 
-from e2e_cpu import write_results  # noqa: E402
+from _results import write_results  # noqa: E402
 
 RECIPE_VERSION = 1  # bump when a model's recipe changes: its folder is rebuilt
 OUT = HERE / "out" / "families"

@@ -41,7 +41,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from e2e_cpu import write_results  # noqa: E402
+from _results import write_results  # noqa: E402
 
 PROMPT = "red circle. blue square. yellow star. green triangle."
 SEED_BASE = 4700  # scenes: HELD_OUT_SEEDS.start + 4700.. (no test or tuning uses them)
