@@ -38,7 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tiny video model builders
-from e2e_cpu import write_results  # noqa: E402
+from _results import write_results  # noqa: E402
 
 SEED = 1_000_000 + 14000  # HELD_OUT_SEEDS.start + 14000: no test or tuning video uses it
 OUT = HERE / "out" / "track"
