@@ -209,6 +209,12 @@ def test_curve_rows_evaluation_and_hooks(tmp_path):
     assert rates == [0.5 * s for s in range(7)]
     assert seen == [(s, float(s)) for s in range(7)]
 
+    modes.clear()
+    result = run_training(model, loss_of, optimizer, batches=lambda step: None, steps=6,
+                          log_every=2, evaluate=evaluate, evaluate_every=3,
+                          evaluate_at_end=False)  # fmt: skip
+    assert [r.get("score") for r in result.curve] == [None, 0.3, None, None]  # not at step 6
+
 
 def test_a_loss_that_is_not_finite_stops_the_run():
     model = Toy()

@@ -25,6 +25,7 @@ from .._loading import load_component, load_config, load_model
 from ..devices import resolve_device
 from ..images import load_image
 from ..registry import ModelSource, resolve_model
+from ..training import adamw_decaying_matrices, run_training, write_json
 from .data import ImageCaptionFolder, caption_batches, caption_key
 from .loss import MAX_LOGIT_SCALE, contrastive_loss
 
@@ -203,19 +204,28 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def _optimizer(
-    model: torch.nn.Module, learning_rate: float, weight_decay: float
-) -> torch.optim.AdamW:
-    """AdamW; as in CLIP, weight decay only on matrices (not on gains, biases or logit_scale)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=learning_rate,
-    )
+def _training_plan(
+    data: ImageCaptionFolder,
+    train_indices: list[int],
+    files: list[str],
+    epochs: int,
+    batch_size: int,
+    seed: int,
+) -> list[tuple[int, list[int]]]:
+    """Every step's ``(epoch, batch)``: epoch ``e`` deals the training pairs into
+    :func:`caption_batches` shuffled by ``seed + 1 + e`` (positions in ``train_indices``)."""
+    captions = [data.captions[i] for i in train_indices]
+    groups = [files[i] for i in train_indices]
+    plan = []
+    for epoch in range(epochs):
+        batches = caption_batches(captions, batch_size, seed=seed + 1 + epoch, groups=groups)
+        if not batches:  # e.g. only one image, captioned several ways
+            raise ValueError(
+                "the training pairs form no batch of 2 pairs with different captions and "
+                "different image files; add pairs"
+            )
+        plan += [(epoch, batch) for batch in batches]
+    return plan
 
 
 def _check_number(name: str, value: Any, low: float, *, integer: bool, open_low: bool) -> None:
@@ -263,7 +273,8 @@ def fine_tune_clip(
             ``seed + 1 + e``) and any dropout; torch's global RNG state is restored afterwards.
         device: ``None``/``"auto"`` (CUDA, MPS, then CPU), or an explicit device. Training is in
             float32.
-        log_every: log the running loss every this many steps (``logging`` at INFO).
+        log_every: log the mean training loss since the last log every this many steps
+            (``logging`` at INFO).
 
     Each step minimises ``contrastive_loss(get_image_features, get_text_features, logit_scale)``
     and then clamps ``logit_scale`` to at most ``log(100)``, as CLIP does. Before and after
@@ -323,6 +334,7 @@ def fine_tune_clip(
         )
     ]
     n_val_captions = len({caption_key(dataset.captions[i]) for i in val_indices})
+    plan = _training_plan(dataset, train_indices, files, epochs, batch_size, seed)
     report = FineTuneReport(
         model=os.fspath(model),
         output_dir=str(out),
@@ -358,38 +370,32 @@ def fine_tune_clip(
             report.val_accuracy_before,
             1 / n_val_captions,
         )
-        optimizer = _optimizer(clip, learning_rate, weight_decay)
-        train_captions = [dataset.captions[i] for i in train_indices]
-        train_files = [files[i] for i in train_indices]
-        step = 0
-        for epoch in range(epochs):
-            clip.train()
-            batches = caption_batches(
-                train_captions, batch_size, seed=seed + 1 + epoch, groups=train_files
-            )
-            if not batches:  # e.g. only one image, captioned several ways
-                raise ValueError(
-                    "the training pairs form no batch of 2 pairs with different captions and "
-                    "different image files; add pairs"
-                )
-            total, count = 0.0, 0
-            for batch in batches:
-                loss = encoder.batch_loss(dataset, [train_indices[j] for j in batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    clip.logit_scale.clamp_(max=MAX_LOGIT_SCALE)
-                step += 1
-                value = float(loss.detach())
-                total += value * len(batch)
-                count += len(batch)
-                if step % log_every == 0:
-                    logger.info("epoch %d/%d step %d: loss %.4f", epoch + 1, epochs, step, value)
-            report.train_losses.append(total / count)
-            logger.info(
-                "epoch %d/%d: mean training loss %.4f", epoch + 1, epochs, report.train_losses[-1]
-            )
+        totals = [[0.0, 0] for _ in range(epochs)]  # loss x pairs, pairs
+
+        def loss_of(item: tuple[int, list[int]], step: int) -> tuple[torch.Tensor, dict]:
+            return encoder.batch_loss(dataset, [train_indices[j] for j in item[1]]), {}
+
+        def after_step(step: int, parts: dict[str, float]) -> None:
+            with torch.no_grad():
+                clip.logit_scale.clamp_(max=MAX_LOGIT_SCALE)
+            epoch, batch = plan[step]
+            totals[epoch][0] += parts["loss"] * len(batch)
+            totals[epoch][1] += len(batch)
+            if step + 1 == len(plan) or plan[step + 1][0] != epoch:
+                report.train_losses.append(totals[epoch][0] / totals[epoch][1])
+                logger.info("epoch %d/%d: mean training loss %.4f", epoch + 1, epochs,
+                            report.train_losses[-1])  # fmt: skip
+
+        run_training(
+            clip,
+            loss_of,
+            adamw_decaying_matrices(clip, learning_rate, weight_decay),
+            batches=plan.__getitem__,
+            steps=len(plan),
+            after_step=after_step,
+            log_every=log_every,
+            logger=logger,
+        )
         report.val_loss_after, report.val_accuracy_after = _evaluate(
             encoder, dataset, val_indices, val_batches, batch_size
         )
@@ -406,6 +412,6 @@ def fine_tune_clip(
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
     report.seconds = time.perf_counter() - started
-    (out / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_json(out / REPORT_FILE, report.to_dict())
     logger.info("saved the fine-tuned model and %s to %s", REPORT_FILE, out)
     return report

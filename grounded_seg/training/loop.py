@@ -258,8 +258,9 @@ def run_training(
         log_every: a curve row every this many steps, and at the last step.
         digits: the curve's means are rounded to this many digits.
         evaluate: ``evaluate(done)`` -> metrics added to that step's row (model in eval mode).
-        evaluate_every: call ``evaluate`` every this many steps (``None``: never), and at the last
-            step when ``evaluate_at_end``.
+        evaluate_every: call ``evaluate`` every this many steps (``None``: never); at the last
+            step exactly when ``evaluate_at_end`` (``False``: the recipe measures its final model
+            itself).
         checkpoint: the checkpoint file (``None``: none written, none resumed).
         checkpoint_every: save every this many steps (default ``log_every``); also at
             ``stop_at`` and at the last step.
@@ -312,7 +313,7 @@ def run_training(
         progress.step = done = step + 1
         last = done == steps
         due = evaluate is not None and bool(evaluate_every)
-        due = due and (done % evaluate_every == 0 or (evaluate_at_end and last))  # type: ignore[operator]
+        due = due and (evaluate_at_end if last else done % evaluate_every == 0)  # type: ignore[operator]
         if done % log_every == 0 or last or due:
             means = {
                 k: round(float(np.mean([w[k] for w in progress.window])), digits)
