@@ -1,10 +1,11 @@
 """Training checkpoints: written atomically, read safely, refused clearly.
 
-Every trainer (the shapes trainers, Grounding DINO and CLIP fine-tuning) saves its resumable
-state with :func:`save_checkpoint` (through :func:`grounded_seg.outputs.atomic_write`: a run
-killed while saving keeps the previous checkpoint) and reads it with :func:`load_checkpoint`
-(``torch.load(weights_only=True)``: a crafted file cannot run code; a corrupt one gets a message
-that says how to start over instead of an unpickling traceback).
+The training core (:func:`grounded_seg.training.run_training`, which every trainer runs on)
+saves its resumable state with :func:`save_checkpoint` (through
+:func:`grounded_seg.outputs.atomic_write`: a run killed while saving keeps the previous
+checkpoint) and reads it with :func:`load_checkpoint` (``torch.load(weights_only=True)``: a
+crafted file cannot run code; a corrupt one gets a message that says how to start over instead
+of an unpickling traceback).
 """
 
 from __future__ import annotations
