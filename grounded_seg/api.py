@@ -145,15 +145,17 @@ def segment(
         (detector, segmenter, device_key, dtype_key, proposer, nms_threshold)
     )
     # a predictor of this call's own around the shared models: its image state is not shared,
-    # and the warm models keep no reference to the user's image
+    # and the warm models keep no reference to the user's image. The arrays were decoded and
+    # checked above (load_image: fresh copies of this call's own), so the predictor takes them
+    # as they are instead of checking and copying each a second time.
     predictor = GroundedSAM(detector=proposer_model, segmenter=segmenter_model)
     if batch:
         results: list[sv.Detections] = []
         for start in range(0, len(rgbs), batch_size):
-            chunk = rgbs[start : start + batch_size]
+            chunk = [predictor._prepare_rgb(rgb) for rgb in rgbs[start : start + batch_size]]
             results += predictor.predict_batch(
-                chunk, normalized, box_threshold, text_threshold, max_detections, max_pixels=None
+                chunk, normalized, box_threshold, text_threshold, max_detections
             )
         return results
-    predictor.set_image(rgb, max_pixels=None)  # checked above
+    predictor._set_rgb(rgb)
     return predictor.predict(normalized, box_threshold, text_threshold, max_detections)

@@ -227,7 +227,12 @@ class GroundedSAM:
         An image of more than ``max_pixels`` pixels (default 100 million; ``None``: no limit)
         is refused with ``ValueError`` before it is decoded.
         """
-        rgb = load_image(image, image_format=image_format, max_pixels=max_pixels)
+        self._set_rgb(load_image(image, image_format=image_format, max_pixels=max_pixels))
+
+    def _set_rgb(self, rgb: np.ndarray) -> None:
+        """:meth:`set_image` for an array :func:`load_image` has just made (a fresh C-contiguous
+        RGB uint8 ``(H, W, 3)`` copy, never the user's object): kept as it is, not checked or
+        copied again. For ``segment()`` and the other internal callers that decoded it already."""
         self._image = rgb
         self._proposer_state = self.proposer.encode_image(rgb)
         # shared when the proposer already prepared the image for SAM (the CLIP route);
@@ -342,7 +347,13 @@ class GroundedSAM:
         """
         if isinstance(image, PreparedImage):
             return image
-        rgb = load_image(image, image_format=image_format, max_pixels=max_pixels)
+        return self._prepare_rgb(
+            load_image(image, image_format=image_format, max_pixels=max_pixels)
+        )
+
+    def _prepare_rgb(self, rgb: np.ndarray) -> PreparedImage:
+        """:meth:`prepare` for an array :func:`load_image` made, kept as it is (see
+        :meth:`_set_rgb`)."""
         proposer_state = self.proposer.encode_image(rgb)
         segmenter_state = getattr(proposer_state, "segmenter_state", None)
         if segmenter_state is None and self.segmenter is not None:

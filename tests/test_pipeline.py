@@ -11,6 +11,7 @@ from grounded_seg import GroundedSAM, api, segment
 from grounded_seg.proposers.base import Proposals
 from grounded_seg.proposers.grounding_dino import GroundingDinoProposer
 from grounded_seg.segmenters.sam import SamSegmenter
+from grounded_seg.shapes import HELD_OUT_SEEDS, make_scene
 
 
 class StandInProposer:
@@ -176,3 +177,56 @@ def test_grounded_sam_matches_its_parts(tiny_gdino_dir, tiny_sam_dir, scene):
     np.testing.assert_array_equal(det.mask, masks)
     np.testing.assert_array_equal(det.data["mask_score"], scores)
     assert det.data["phrase"].tolist() == expected.phrases
+
+
+def test_set_image_copies_and_never_touches_the_users_array(stand_ins, scene):
+    _, _, gs = stand_ins
+    given = scene.copy()
+    gs.set_image(given)
+    assert not np.shares_memory(gs._image, given)
+    gs._image[:] = 0  # the predictor's copy is its own
+    np.testing.assert_array_equal(given, scene)
+
+
+def _count_loads(monkeypatch) -> list:
+    """Every ``load_image`` call of ``segment()`` and ``GroundedSAM`` (patched where looked up)."""
+    real, seen = grounded_seg.images.load_image, []
+
+    def counted(image, *args, **kwargs):
+        seen.append(image)
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(api, "load_image", counted)
+    monkeypatch.setattr(grounded_seg.predictor, "load_image", counted)
+    return seen
+
+
+def test_segment_loads_each_image_once_with_the_same_answers(monkeypatch):
+    """Issue 26: segment() checked and decoded the image, then set_image did it again."""
+    scenes = [make_scene(HELD_OUT_SEEDS.start + 3300 + i) for i in range(2)]
+    images = [s.image for s in scenes]
+    given = [image.copy() for image in images]
+    prompt = sorted({phrase for s in scenes for phrase in s.phrases})
+    options = {"detector": "shapes-gdino", "segmenter": "shapes-sam", "device": "cpu"}
+    seen = _count_loads(monkeypatch)
+    det = segment(given[0], prompt, **options)
+    assert len(seen) == 1 and seen[0] is given[0]  # one check and decode of what the user gave
+    seen.clear()
+    batched = segment(given, prompt, batch_size=2, **options)
+    assert len(seen) == 2 and all(a is b for a, b in zip(seen, given, strict=True))
+    for image, kept in zip(images, given, strict=True):
+        np.testing.assert_array_equal(kept, image)  # nothing the user gave is modified
+    # the answers of set_image + predict (and of predict_batch) on the same warm models
+    proposer, segmenter = api._warm.get(api._warm._key)
+    gs = GroundedSAM(detector=proposer, segmenter=segmenter)
+    seen.clear()
+    gs.set_image(images[0])
+    assert len(seen) == 1  # the public set_image still checks and copies
+    expected = gs.predict(prompt)
+    assert len(expected) > 0
+    pairs = [(det, expected), *zip(batched, gs.predict_batch(images, prompt), strict=True)]
+    for got, want in pairs:
+        np.testing.assert_array_equal(got.xyxy, want.xyxy)
+        np.testing.assert_array_equal(got.mask, want.mask)
+        np.testing.assert_array_equal(got.class_id, want.class_id)
+        np.testing.assert_array_equal(got.confidence, want.confidence)
