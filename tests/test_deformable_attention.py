@@ -106,6 +106,68 @@ def test_gradients_match_transformers_kernel() -> None:
     assert float(location_grad.abs().max()) > 1.0
 
 
+def _grid_taps(dtype: torch.dtype):
+    """Taps exactly on the kinks of bilinear sampling with zero padding, on power-of-two maps
+    (exact in float32 and float64): every pixel centre from the border's -1 to ``size`` on both
+    axes (the border centres -1 and ``size`` included), and pixel edges."""
+    shapes = [(4, 8), (2, 4), (1, 2)]
+    heads, channels, points = 2, 3, 3
+    gen = torch.Generator().manual_seed(11)
+    value = torch.randn(1, sum(h * w for h, w in shapes), heads, channels, generator=gen)
+    taps = []
+    for h, w in shapes:
+        xs, ys = torch.meshgrid(torch.arange(-1.0, w + 1), torch.arange(-1.0, h + 1), indexing="ij")
+        centres = torch.stack([(xs.flatten() + 0.5) / w, (ys.flatten() + 0.5) / h], -1)
+        edges = torch.stack([xs.flatten() / w, (ys.flatten() + 0.5) / h], -1)
+        taps.append(torch.cat([centres, edges]))
+    queries = max(len(t) for t in taps)
+    locations = torch.zeros(1, queries, heads, len(shapes), points, 2)
+    for level, t in enumerate(taps):  # each query samples one tap per level, the rest off-map
+        locations[0, :, :, level, :, :] = -3.0
+        locations[0, : len(t), :, level, 0] = t[:, None]
+        locations[0, : len(t), :, level, 1] = t.flip(0)[:, None]  # another tap of the same map
+    weights = torch.rand(1, queries, heads, len(shapes), points, generator=gen)
+    spatial = torch.tensor(shapes)
+    starts = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1]])
+    probe = torch.randn(1, queries, heads * channels, generator=gen)
+    floats = [t.to(dtype) for t in (value, locations, weights, probe)]
+    return floats, spatial, shapes, starts
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gradients_on_the_pixel_grid_and_the_zero_border_match_grid_sample(dtype) -> None:
+    """On a kink, ``grid_sample`` takes one side: on -1 (the zero border's centre before the
+    map) the derivative into the map, on ``size`` 0. torch 2.14's ``clamp`` stopped passing
+    gradients at its bound (the gather's old x = -1 derivative: 0), and the old
+    ``torch.minimum`` leaked half a derivative at ``size`` from the next level's memory."""
+    (value, locations, weights, probe), spatial, shapes, starts = _grid_taps(dtype)
+    grads = []
+    for kernel in (MultiScaleDeformableAttention(), GatherDeformableAttention()):
+        inputs = [t.clone().requires_grad_(True) for t in (value, locations, weights)]
+        out = kernel(inputs[0], spatial, shapes, starts, inputs[1], inputs[2], 64)
+        (out * probe).sum().backward()
+        grads.append([out, *(t.grad for t in inputs)])
+    tolerance = 1e-12 if dtype == torch.float64 else 2e-5
+    for name, got, expected in zip(("output", "value", "location", "weight"), *grads, strict=True):
+        scale = float(expected.abs().max())
+        assert scale > 0.1, name  # not a comparison of zeros
+        error = float((got - expected).abs().max())
+        assert error <= tolerance * scale, (name, error, scale)
+
+
+def test_with_and_without_gradients_the_values_are_the_same() -> None:
+    """The border limit takes two routes (``torch.where`` with gradients, in-place ``clamp``
+    without): the same numbers, on and off the kinks."""
+    (value, locations, weights, _), spatial, shapes, starts = _grid_taps(torch.float32)
+    random = _inputs(1, 200, 1.6, seed=4)
+    for args in ((value, spatial, shapes, starts, locations, weights, 64), random):
+        with torch.no_grad():
+            plain = GatherDeformableAttention()(*args)
+        tracked = [a.clone().requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point()
+                   else a for a in args]  # fmt: skip
+        assert torch.equal(GatherDeformableAttention()(*tracked).detach(), plain)
+
+
 def test_every_grounding_dino_kernel_is_replaced_and_outputs_agree() -> None:
     torch.manual_seed(0)
     config = tiny_gdino_config()

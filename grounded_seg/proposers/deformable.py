@@ -53,7 +53,7 @@ class GatherDeformableAttention(nn.Module):
     one-pixel zero border (and a zero tail) so that corners outside a map read zeros and need no
     masks: coordinates are clamped to that border first, where both corners of an outside point
     are zeros or carry weight 0. Differentiable in all three float inputs (``floor`` is not, as in
-    ``grid_sample``).
+    ``grid_sample``), with ``grid_sample``'s one-sided derivatives at the border's kinks.
 
     ``fallback`` (the module it replaces) runs instead on devices without ``embedding_bag``
     (MPS, as of torch 2.13); the CPU and CUDA take the gather.
@@ -107,9 +107,9 @@ class GatherDeformableAttention(nn.Module):
         height = per_point([h for h, _ in shapes], dtype)
         taps = levels * points
         grid = 2 * sampling_locations.reshape(batch, queries, heads, taps, 2) - 1
-        # grid_sample's unnormalisation, then clamped to the zero border [-1, size]
-        x = torch.minimum(((grid[..., 0] + 1) * width).sub_(1).div_(2).clamp_(min=-1.0), width)
-        y = torch.minimum(((grid[..., 1] + 1) * height).sub_(1).div_(2).clamp_(min=-1.0), height)
+        # grid_sample's unnormalisation, then limited to the zero border [-1, size]
+        x = _to_border(((grid[..., 0] + 1) * width).sub_(1).div_(2), width)
+        y = _to_border(((grid[..., 1] + 1) * height).sub_(1).div_(2), height)
         x0, y0 = x.floor(), y.floor()
         fx, fy = x - x0, y - y0  # (B, Q, heads, taps)
         row_width = per_point(padded_width, index_dtype)
@@ -139,6 +139,28 @@ class GatherDeformableAttention(nn.Module):
             mode="sum",
         )
         return out.view(batch, queries, heads * channels)
+
+
+def _to_border(position: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Pixel ``position`` limited to ``[-1, size]`` (the zero border), with ``grid_sample``'s
+    derivative: it passes for ``-1 <= position < size`` and is 0 elsewhere.
+
+    The bounds are kinks of bilinear sampling with zero padding, and many taps sit on them
+    exactly (at Grounding DINO's initialisation the offset weights are 0, reference points are
+    pixel centres and offsets integers). On -1, the centre of the border pixel before the map,
+    ``grid_sample`` gives the one-sided derivative into the map: the gather does too when the
+    gradient passes there. On ``size`` both corners are outside for ``grid_sample`` (derivative
+    0), but the gather's lower corner row is the next level's memory (weight 0, any value), so
+    the gradient must stop there.
+
+    With gradients, ``torch.where`` says that exactly: ``clamp``'s gradient at its bound
+    changed in torch 2.14 (1 before, 0 since, which took the derivative away from every tap on
+    -1) and ``torch.minimum`` halves it at a tie. Without gradients, the in-place ``clamp``
+    (twice as fast; ``position`` is a temporary). The values are the same, NaN included."""
+    if torch.is_grad_enabled() and position.requires_grad:
+        position = torch.where(position < -1, -1.0, position)
+        return torch.where(position >= size, size, position)
+    return torch.minimum(position.clamp_(min=-1.0), size)
 
 
 def _padded_table(
