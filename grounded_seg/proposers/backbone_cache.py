@@ -17,6 +17,10 @@ the call (:func:`backbone_cache`), not with the model.
 Each reuse returns fresh lists: ``GroundingDinoModel.forward`` appends the extra feature level's
 position embedding to the list the backbone returned, which on a reused list would grow by one
 entry per prompt.
+
+The replaced class is checked first (:data:`EQUIVALENT`: a fingerprint of its source and a
+self-check on a tiny image, see ``grounded_seg._equivalents``); if it fails, the stock backbone
+stays, and every call computes the features (``backbone_cache`` then fills nothing).
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._equivalents import Equivalent, compare
 from ._install import replace_modules
 
 ORIGINAL_CLASS_NAME = ("GroundingDinoConvModel", "MMGroundingDinoConvModel")  # same source
+# the source of the stock class's __init__ and forward (grounded_seg._equivalents.fingerprint)
+# where CachedBackbone was checked against it
+VERIFIED_FINGERPRINTS = {"3949332135c6367c": "transformers 5.20.0, 5.25.0"}
 
 _ACTIVE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "grounded_seg_backbone_cache", default=None
@@ -78,8 +86,44 @@ class CachedBackbone(nn.Module):
         return list(features), list(positions)
 
 
+def _self_check(original: nn.Module) -> str | None:
+    """The stock backbone and :class:`CachedBackbone` on one 64 x 64 image (the module's device
+    and dtype, every submodule in eval mode for the check): the cached call and its reuse give
+    the stock output, the reuse in lists of its own."""
+    parameter = next(original.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randn(1, 3, 64, 64, generator=gen).to(device, dtype)
+    mask = torch.ones(1, 64, 64, dtype=torch.long, device=device)
+    cached = CachedBackbone(original)
+    modes = [(module, module.training) for module in original.modules()]
+    original.eval()
+    try:
+        with torch.no_grad():
+            expected = original(pixels, mask)
+            with backbone_cache({}):
+                first = cached(pixels, mask)
+                second = cached(pixels, mask)
+    finally:
+        for module, training in modes:
+            module.training = training
+    if any(a is b for a, b in zip(first, second, strict=True)):
+        return "a reused output shares its lists with the first call's"
+    return compare(first, expected, rtol=1e-6) or compare(second, expected, rtol=1e-6)
+
+
+EQUIVALENT = Equivalent(
+    name="per-call backbone cache (grounded_seg.proposers.backbone_cache)",
+    members=("__init__", "forward"),
+    verified=VERIFIED_FINGERPRINTS,
+    self_check=_self_check,
+)
+
+
 def install_backbone_cache(model: nn.Module) -> int:
     """Replace the ``GroundingDinoConvModel`` in ``model`` with a :class:`CachedBackbone`
-    holding the same children. Idempotent; the state dict is unchanged. Returns how many are
-    installed after the call (1 for a Grounding DINO model)."""
-    return replace_modules(model, ORIGINAL_CLASS_NAME, CachedBackbone, CachedBackbone)
+    holding the same children, if the class passes :data:`EQUIVALENT`'s checks (else it stays,
+    and one INFO line says why). Idempotent; the state dict is unchanged. Returns how many are
+    installed after the call (1 for a Grounding DINO model; 0 after a fallback)."""
+    return replace_modules(model, ORIGINAL_CLASS_NAME, CachedBackbone, CachedBackbone, EQUIVALENT)

@@ -21,6 +21,11 @@ Two things are installed on every deformable-attention kernel module of a Ground
    the output is cast back to the caller's dtype; in float32 it only passes the call through.
    The projections around the kernel (value, offsets, weights, output) keep the fast path's
    precision.
+
+Before installing, the replaced class is checked (:data:`EQUIVALENT`: a fingerprint of the
+source of its ``forward`` and a float64 self-check of outputs and gradients, taps on pixel
+centres and the zero border's kinks included); a class that fails keeps transformers' kernel
+(no float32 wrapper either), and one INFO line says why (see ``grounded_seg._equivalents``).
 """
 
 from __future__ import annotations
@@ -31,9 +36,13 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from .._equivalents import Equivalent, compare
 from ._install import replace_modules
 
 SAMPLER_CLASS_NAME = "MultiScaleDeformableAttention"
+# the source of the stock kernel's forward (grounded_seg._equivalents.fingerprint) where the
+# gather was checked equal to it; MM-Grounding-DINO's copy has the same source
+VERIFIED_FINGERPRINTS = {"c5c50fbfe1bd0fb6": "transformers 5.20.0, 5.25.0"}
 GATHER_DEVICES = frozenset({"cpu", "cuda"})  # device types with embedding_bag
 
 
@@ -215,17 +224,59 @@ def _is_float(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point()
 
 
+def _self_check(stock: nn.Module) -> str | None:
+    """The stock kernel and the gather in float64 on two small levels (power-of-two sizes, so
+    that pixel centres and edges are exact): random taps in and around the maps, and taps on
+    the pixel grid, on pixel edges and on the centres of the zero border (where the bilinear
+    weights have kinks). Outputs and the gradients of all three inputs within 1e-9."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(4, 8), (2, 4)]
+    heads, channels, queries, points = 2, 3, 8, 2
+    f64 = torch.float64
+    value = torch.randn(1, sum(h * w for h, w in shapes), heads, channels, generator=gen, dtype=f64)
+    locations = torch.rand(1, queries, heads, len(shapes), points, 2, generator=gen, dtype=f64)
+    locations = 1.4 * locations - 0.2
+    sizes = torch.tensor([[w, h] for h, w in shapes], dtype=f64).view(len(shapes), 1, 2)
+    pixels = torch.randint(-1, 9, (4, heads, len(shapes), points, 2), generator=gen).to(f64)
+    pixels = torch.minimum(pixels, sizes)  # -1 .. size: the border's centres included
+    locations[0, :4] = (pixels + 0.5) / sizes  # on pixel centres
+    locations[0, 4:6] = pixels[:2] / sizes  # on pixel edges
+    weights = torch.rand(1, queries, heads, len(shapes), points, generator=gen, dtype=f64)
+    spatial = torch.tensor(shapes)
+    starts = torch.tensor([0, shapes[0][0] * shapes[0][1]])
+    probe = torch.randn(1, queries, heads * channels, generator=gen, dtype=f64)
+    answers = []
+    for kernel in (stock, GatherDeformableAttention()):
+        inputs = [t.clone().requires_grad_(True) for t in (value, locations, weights)]
+        with torch.enable_grad():
+            out = kernel(inputs[0], spatial, shapes, starts, inputs[1], inputs[2], 64)
+            (out * probe).sum().backward()
+        answers.append((out, *(t.grad for t in inputs)))
+    return compare(answers[1], answers[0], rtol=1e-9)
+
+
+EQUIVALENT = Equivalent(
+    name="deformable-attention gather (grounded_seg.proposers.deformable)",
+    members=("forward",),
+    verified=VERIFIED_FINGERPRINTS,
+    self_check=_self_check,
+)
+
+
 def install_deformable_sampler(model: torch.nn.Module) -> int:
     """Replace every transformers ``MultiScaleDeformableAttention`` kernel module of ``model``
-    with ``Float32Sampling(GatherDeformableAttention(fallback=<the replaced kernel>))``.
+    with ``Float32Sampling(GatherDeformableAttention(fallback=<the replaced kernel>))``, if the
+    kernel's class passes :data:`EQUIVALENT`'s checks (else transformers' kernels stay, and one
+    INFO line says why).
 
     Idempotent; the state dict is unchanged (the kernels hold no tensors). Returns how many
     kernels are installed after the call (12 for Grounding DINO Swin-T: 6 enhancer layers,
-    6 decoder layers).
+    6 decoder layers; 0 after a fallback).
     """
     return replace_modules(
         model,
         SAMPLER_CLASS_NAME,
         Float32Sampling,
         lambda kernel: Float32Sampling(GatherDeformableAttention(fallback=kernel)),
+        EQUIVALENT,
     )

@@ -21,15 +21,20 @@ attention weights) are the same up to float32 rounding.
 
 :func:`install_factored_fusion` swaps each ``fusion_layer.attn`` for a
 :class:`FactoredBiAttention` that holds the same six ``nn.Linear`` modules under the same names:
-the state dict, ``save_pretrained`` and loading are unchanged.
+the state dict, ``save_pretrained`` and loading are unchanged, after checking that the module it
+replaces is the one it was verified against (:data:`EQUIVALENT`: a source fingerprint and a
+float64 self-check; the stock module stays otherwise, see ``grounded_seg._equivalents``).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 from torch.nn import functional
 
+from .._equivalents import Equivalent, compare
 from ._install import replace_modules
 
 # MM-Grounding-DINO carries the same module under its own prefix (the same source, checked equal
@@ -44,6 +49,9 @@ _PROJECTIONS = (
     "out_text_proj",
 )
 _CLAMP = 50000.0  # the original's bound on shifted logits (half precision's range)
+# the source of the stock class's __init__ and forward (grounded_seg._equivalents.fingerprint)
+# where this module was checked equal to it; MM-Grounding-DINO's copy has the same source
+VERIFIED_FINGERPRINTS = {"4ed1689110987e2e": "transformers 5.20.0, 5.25.0"}
 
 
 class FactoredBiAttention(nn.Module):
@@ -141,11 +149,40 @@ class FactoredBiAttention(nn.Module):
         return (vision_out, vision_weights), (text_out, text_weights)
 
 
+def _self_check(original: nn.Module) -> str | None:
+    """The stock module (a float64 CPU copy) and :class:`FactoredBiAttention` on the same random
+    features, with padding in both masks: every output within float64 rounding."""
+    stock = copy.deepcopy(original).to("cpu", torch.float64).eval()
+    factored = FactoredBiAttention(stock).eval()
+    gen = torch.Generator().manual_seed(0)
+    vision = torch.randn(2, 7, stock.vision_proj.in_features, generator=gen, dtype=torch.float64)
+    text = torch.randn(2, 3, stock.text_proj.in_features, generator=gen, dtype=torch.float64)
+    vision_mask = torch.zeros(2, 7, dtype=torch.bool)
+    vision_mask[1, 5:] = True
+    text_mask = torch.zeros(2, 3, dtype=torch.bool)
+    text_mask[0, 2] = True
+    with torch.no_grad():
+        expected = stock(vision, text, vision_mask, text_mask)
+        got = factored(vision, text, vision_mask, text_mask)
+    return compare(got, expected, rtol=1e-9)
+
+
+EQUIVALENT = Equivalent(
+    name="factored image-text fusion (grounded_seg.proposers.fusion)",
+    members=("__init__", "forward"),
+    verified=VERIFIED_FINGERPRINTS,
+    self_check=_self_check,
+)
+
+
 def install_factored_fusion(model: nn.Module) -> int:
     """Replace every ``GroundingDinoBiMultiHeadAttention`` in ``model`` with a
-    :class:`FactoredBiAttention` holding the same projections.
+    :class:`FactoredBiAttention` holding the same projections, if the class passes
+    :data:`EQUIVALENT`'s checks (else the stock modules stay, and one INFO line says why).
 
     Idempotent; the state dict keys and tensors are unchanged. Returns how many are installed
-    after the call (6 for Grounding DINO Swin-T, one per enhancer layer).
+    after the call (6 for Grounding DINO Swin-T, one per enhancer layer; 0 after a fallback).
     """
-    return replace_modules(model, ORIGINAL_CLASS_NAME, FactoredBiAttention, FactoredBiAttention)
+    return replace_modules(
+        model, ORIGINAL_CLASS_NAME, FactoredBiAttention, FactoredBiAttention, EQUIVALENT
+    )

@@ -19,7 +19,10 @@ same bit for bit. SAM-B image encoder on 2 CPU threads at 1024 x 1024 (medians o
 alternating runs, OMP_NUM_THREADS=2): 6.47 s with transformers' builder, 5.21 s with this one.
 
 The module's own ``get_rel_pos`` (interpolation and gathering of the learned tables) is reused;
-only where the final sum is written changes.
+only where the final sum is written changes. Each attention class is checked first
+(:data:`EQUIVALENT`: a fingerprint of the source of the ``get_decomposed_rel_pos`` it stands in
+for and a float64 self-check, see ``grounded_seg._equivalents``); a class that fails keeps its
+own builder, and one INFO line says why.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ from typing import Any
 
 import torch
 
+from .._equivalents import Equivalent, compare, log_fallback, refusal
+
 logger = logging.getLogger(__name__)
+# the source of the stock get_decomposed_rel_pos (grounded_seg._equivalents.fingerprint) where
+# this builder was checked equal to it (SAM's and SAM-HQ's attention classes)
+VERIFIED_FINGERPRINTS = {"9ab5612138418b65": "transformers 5.20.0, 5.25.0"}
 
 _SCRATCH_ATTR = "_grounded_seg_rel_pos_scratch"
 
@@ -103,6 +111,34 @@ def _decomposed_rel_pos(
     return torch.add(rel_h[..., :, None], rel_w[..., None, :], out=out)
 
 
+def _self_check(module: torch.nn.Module) -> str | None:
+    """The class's own ``get_decomposed_rel_pos`` and ours on the module's tables (a float64
+    CPU copy) and a random 3 x 5 query: the same bias and the same gradients."""
+    stock = type(module).get_decomposed_rel_pos
+    gen = torch.Generator().manual_seed(0)
+    tables = [t.detach().to("cpu", torch.float64) for t in (module.rel_pos_h, module.rel_pos_w)]
+    tables = [t + 0.1 * torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in tables]
+    query = torch.randn(2, 15, tables[0].shape[1], generator=gen, dtype=torch.float64)
+    answers = []
+    for build in (stock, _decomposed_rel_pos):
+        inputs = [t.clone().requires_grad_(True) for t in (query, *tables)]
+        with torch.enable_grad():  # with gradients: ours leaves the scratch alone
+            bias = build(module, *inputs, (3, 5), (3, 5))
+            torch.autograd.backward(
+                bias, torch.linspace(-1, 1, bias.numel(), dtype=bias.dtype).view_as(bias)
+            )
+        answers.append((bias, *(t.grad for t in inputs)))
+    return compare(answers[1], answers[0], rtol=1e-9)
+
+
+EQUIVALENT = Equivalent(
+    name="contiguous relative-position builder (grounded_seg.segmenters.rel_pos)",
+    members=("get_decomposed_rel_pos",),
+    verified=VERIFIED_FINGERPRINTS,
+    self_check=_self_check,
+)
+
+
 def contiguous_rel_pos(model: torch.nn.Module) -> int:
     """Give every attention module of ``model`` that has decomposed relative positions the
     builder above (instance attributes; class, weights and state dict untouched), sharing one
@@ -110,7 +146,8 @@ def contiguous_rel_pos(model: torch.nn.Module) -> int:
 
     Idempotent. Returns how many modules use it after the call (12 for SAM-B, 32 for SAM-H).
     A module whose ``get_decomposed_rel_pos`` / ``get_rel_pos`` are not there (another
-    transformers version) is left as it is.
+    transformers version) is left as it is, and so are the modules of a class that fails
+    :data:`EQUIVALENT`'s checks (one INFO line says why; 0 when every class fails).
     """
     encoder = getattr(model, "vision_encoder", model)
     scratch = getattr(encoder, _SCRATCH_ATTR, None)
@@ -121,15 +158,27 @@ def contiguous_rel_pos(model: torch.nn.Module) -> int:
             functools.partial(_clear_after_forward, scratch), always_call=True
         )
     count = 0
+    reasons: dict[type, str | None] = {}
+    kept: dict[type, int] = {}
     for module in model.modules():
         if not getattr(module, "use_rel_pos", False):
             continue
         if not (hasattr(module, "get_decomposed_rel_pos") and hasattr(module, "get_rel_pos")):
             logger.debug("%s has no get_decomposed_rel_pos; left as it is", type(module).__name__)
             continue
+        cls = type(module)
+        if cls not in reasons:
+            reasons[cls] = refusal(EQUIVALENT, module)
+        if reasons[cls] is not None:
+            kept[cls] = kept.get(cls, 0) + 1
+            if isinstance(vars(module).get("get_decomposed_rel_pos"), _RelPosBuilder):
+                del module.get_decomposed_rel_pos  # installed before: the class's own again
+            continue
         current = vars(module).get("get_decomposed_rel_pos")
         if not (isinstance(current, _RelPosBuilder) and current.module is module):
             module.get_decomposed_rel_pos = _RelPosBuilder(module)
         setattr(module, _SCRATCH_ATTR, scratch)
         count += 1
+    for cls, number in kept.items():
+        log_fallback(EQUIVALENT, f"{cls.__name__}.get_decomposed_rel_pos", number, reasons[cls])
     return count
