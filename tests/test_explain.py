@@ -139,6 +139,26 @@ def test_explain_runs_on_a_real_grounding_dino_architecture(tiny_gdino_dir, scen
     assert len(why.detections) == 5 and np.array_equal(why.box_path[:, -1], why.detections.xyxy)
 
 
+def test_explain_works_when_the_backbone_cache_falls_back(tiny_gdino_dir, scene, monkeypatch,
+                                                          caplog):  # fmt: skip
+    """A transformers whose backbone the cache was not verified on keeps the stock backbone
+    (grounded_seg._equivalents): explain() reads the feature maps from it instead, same answer."""
+    import dataclasses
+
+    from grounded_seg.proposers import backbone_cache
+
+    options = dict(detector=tiny_gdino_dir, box_threshold=0.0, max_detections=5)
+    cached = explain(scene, "cat. remote control.", **options)
+    unverified = dataclasses.replace(backbone_cache.EQUIVALENT, verified={})
+    monkeypatch.setattr(backbone_cache, "EQUIVALENT", unverified)
+    with caplog.at_level("INFO", logger="grounded_seg._equivalents"):
+        stock = explain(scene, "cat. remote control.", **options)
+    assert "stock GroundingDinoConvModel kept" in caplog.text
+    assert stock.level_shapes == cached.level_shapes
+    np.testing.assert_allclose(stock.selection, cached.selection, atol=1e-5)
+    np.testing.assert_allclose(stock.box_path, cached.box_path, atol=1e-4)
+
+
 def test_explain_refuses_what_it_cannot_show(shapes_gs, tmp_path):
     clip = GroundedSAM("shapes-clip", "shapes-sam", proposer="clip", device="cpu")
     clip.set_image(make_scene(SEEDS[1]).image)

@@ -144,7 +144,10 @@ def explain_state(
             attention_mask=torch.ones_like(ids),
             token_type_ids=torch.zeros_like(ids),
         )
-        features = [f for f, _ in state.backbone_cache["output"][0]]
+        cached = state.backbone_cache.get("output")
+        if cached is None:  # the stock backbone kept (grounded_seg._equivalents): ask it again
+            cached = model.model.backbone(state.pixel_values, state.pixel_mask)
+        features = [f for f, _ in cached[0]]
         path = _box_path(model, out)  # (1 + D, Q, 4) normalised cxcywh
     shapes = level_shapes(features, int(model.config.num_feature_levels))
     token_probs = out.enc_outputs_class[0].float().sigmoid()  # (N, T), -inf text padding -> 0
