@@ -114,16 +114,21 @@ def child(route: str, folder: str, prompt: str, every: int, batch: int, device: 
         frames = track(folder, prompt, tracker="sam3", predictor=load_sam3_video(model, device))
     else:
         models = GroundedSAM("shapes-gdino", "shapes-sam", device=device)
-        options = {"video_model": model} if route == "sam2" else {"batch_size": batch}
+        # match_iou 0 on the sam2 route: a random video model's masks never overlap the
+        # detections, so every keyframe would start new objects; matched regardless, the route
+        # carries the video's own objects, as a trained model does
+        options = ({"video_model": model, "match_iou": 0.0} if route == "sam2"
+                   else {"batch_size": batch})  # fmt: skip
         frames = track(folder, prompt, tracker=route, every=every, predictor=models, **options)
     threading.Thread(target=sample, daemon=True).start()
-    start, count = time.perf_counter(), 0
-    for count, _ in enumerate(frames, 1):
+    start, count, ids = time.perf_counter(), 0, set()
+    for count, found in enumerate(frames, 1):
+        ids.update(found.tracker_id.tolist())
         if count == 10:  # (a shorter video: the peak over all its frames)
             peak[0] = 0.0  # memory after warm-up
     seconds = time.perf_counter() - start
     stop.set()
-    return {"frames": count, "fps": count / seconds, "peak_mib": peak[0]}
+    return {"frames": count, "fps": count / seconds, "peak_mib": peak[0], "objects": len(ids)}
 
 
 def run_child(route: str, folder: Path, prompt: str, every: int, batch: int, device: str,
@@ -188,11 +193,11 @@ def report(args: argparse.Namespace, prompt: str, speed: list[tuple], memory: di
         "random-weight models measure cost, not answers",
         f"- command: `python benchmarks/track_throughput.py {' '.join(sys.argv[1:])}`",
         "",
-        "| route | models | frames | every | batch | frames/s | peak MiB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| route | models | frames | every | batch | objects | frames/s | peak MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
         *[
-            f"| {r} | {m} | {n} | {e} | {b} | {fps:.2f} | {mib:.0f} |"
-            for r, m, n, e, b, fps, mib in speed
+            f"| {r} | {m} | {n} | {e} | {b} | {k} | {fps:.3g} | {mib:.0f} |"
+            for r, m, n, e, b, fps, mib, k in speed
         ],
         "",
         "Peak RSS after the first 10 frames, MiB:",
@@ -220,7 +225,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     wall = time.perf_counter()
-    speed: list[tuple[str, str, int, int, int, float, float]] = []
+    speed: list[tuple[str, str, int, int, int, float, float, int]] = []
     memory: dict[str, dict[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -233,7 +238,7 @@ def main() -> int:
                     fps = statistics.median(r["fps"] for r in runs)
                     peak = max(r["peak_mib"] for r in runs)
                     speed.append((route, "shapes-gdino + shapes-sam", args.frames, every, batch,
-                                  fps, peak))  # fmt: skip
+                                  fps, peak, runs[0]["objects"]))  # fmt: skip
                     print(speed[-1], flush=True)
                 continue
             folder, prompt = make_folder(root, args.model_frames)
@@ -245,7 +250,8 @@ def main() -> int:
                         for _ in range(args.model_repeats)]  # fmt: skip
                 fps = statistics.median(r["fps"] for r in runs)
                 peak = max(r["peak_mib"] for r in runs)
-                speed.append((route, label, args.model_frames, every, 1, fps, peak))
+                speed.append((route, label, args.model_frames, every, 1, fps, peak,
+                              runs[0]["objects"]))  # fmt: skip
                 print(speed[-1], flush=True)
         for route in args.routes:
             model = None if route == "bytetrack" else build_model(
